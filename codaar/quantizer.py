@@ -1,0 +1,289 @@
+"""`CrossModalQuantizer`: CoDAAR's per-modality codebooks with DTA, CSA, DQA and dead-code reset.
+
+One training step (spec §3.13 step 2), in the authors' order:
+  1. assign every frame of every modality to its nearest codeword of the start-of-step codebook;
+  2. losses (commitment, DQA) and the straight-through outputs, all from that codebook;
+  3. state update: DTA sums -> EMA -> E = W / C -> CSA cascade -> dead-code counters -> reset.
+
+The math lives in `codaar_kernels`; this module holds the state (all of it in buffers, so a
+state_dict round-trip restores a run exactly) and the order of operations.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import codaar_kernels as ops
+from codaar.quantizer_config import QuantizerConfig
+
+_SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio odd constant: spreads (seed, step) over the 64-bit seed space
+
+
+def reset_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator that drives the dead-code reset of update number `step` (0-based).
+
+    A fresh generator per step, seeded from (seed, step): the draws need no stored RNG state, are
+    the same on every DDP rank, and a resumed run draws exactly what an uninterrupted one would.
+    """
+    return torch.Generator(device=device).manual_seed((seed * _SEED_MIX + step) % (1 << 63))
+
+
+@dataclass
+class QuantizerOutput:
+    """What one call returns. Dicts are keyed by modality name."""
+
+    indices: dict[str, torch.Tensor]  # [B, T] int64: the chosen code per frame
+    quantized: dict[str, torch.Tensor]  # [B, T, D]: straight-through quantized latent (value = codeword)
+    tri_code: dict[str, torch.Tensor]  # [B, T, M*D]: what decoder m reconstructs from (Eq. 9 / spec §3.9)
+    loss: torch.Tensor  # scalar: sum of the commitment losses + dqa_weight * CMCM
+    losses: dict[str, torch.Tensor]  # "commit/<m>" and "dqa" (already weighted), scalars
+    metrics: dict[str, torch.Tensor]  # detached scalars: perplexity, codes used, index agreement, ...
+
+
+@dataclass
+class LookupOutput:
+    indices: torch.Tensor  # [...]: nearest code in the modality's own codebook
+    codes: torch.Tensor  # [..., D]: that codeword
+    rows: torch.Tensor  # [..., M*D]: the full row at that index, all modalities (the authors' head input)
+
+
+class CrossModalQuantizer(nn.Module):
+    """Per-modality codebooks E [M, K, D] whose index k means the same thing in every modality.
+
+    Construct from a `QuantizerConfig` or its fields: `CrossModalQuantizer(num_codes=800, dim=256)`.
+    Call with {modality: latents [B, T, D]}; in training mode (and unless frozen) the call also
+    updates the codebooks. `lookup` and `codes_from_indices` never touch the state.
+    """
+
+    def __init__(self, config: QuantizerConfig | None = None, **settings: object) -> None:
+        super().__init__()
+        if config is None:
+            config = QuantizerConfig(**settings)
+        elif settings:
+            config = config.replace(**settings)
+        self.config = config
+        self.frozen = False
+        num_mod, num_codes, dim = config.num_modalities, config.num_codes, config.dim
+        self._position = {name: m for m, name in enumerate(config.modalities)}
+        self._cascade = [self._position[name] for name in config.cascade] if config.csa else []
+
+        codebook = self._initial_codebook()
+        self.register_buffer("codebook", codebook)  # E: what lookups use (post-CSA, post-reset)
+        self.register_buffer("ema_sum", codebook.clone())  # W: EMA of the DTA sums
+        self.register_buffer("ema_count", torch.zeros(num_mod, num_codes))  # C: EMA of the counts
+        self.register_buffer("unused_steps", torch.full((num_codes,), -1, dtype=torch.long))  # U
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self._num_updates_host = 0  # mirror of num_updates, so seeding the reset never reads the device
+
+    # ----------------------------------------------------------------------------------- state
+    def _initial_codebook(self) -> torch.Tensor:
+        cfg = self.config
+        num_mod, num_codes, dim = cfg.num_modalities, cfg.num_codes, cfg.dim
+        # The authors draw one [K, M*D] float32 table; drawing it the same way reproduces their init.
+        table = torch.empty(num_codes, num_mod * dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
+        return table.view(num_codes, num_mod, dim).transpose(0, 1).contiguous()
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.config.modalities
+
+    @property
+    def codebooks(self) -> torch.Tensor:
+        """The lookup codebooks [M, K, D] (a detached view of the state)."""
+        return self.codebook.detach()
+
+    @torch.no_grad()
+    def set_codebooks(self, codebooks: torch.Tensor, counts: torch.Tensor | None = None) -> None:
+        """Replace the codebooks [M, K, D]; the EMA state is made consistent with them.
+
+        counts [M, K] (default: one observation per code) become the EMA counts, and the EMA sums
+        are set so that the next update starts from exactly these codewords.
+        """
+        expected = tuple(self.codebook.shape)
+        if tuple(codebooks.shape) != expected:
+            raise ValueError(f"set_codebooks: codebooks must be {list(expected)}, got {list(codebooks.shape)}")
+        if counts is None:
+            counts = torch.ones_like(self.ema_count)
+        elif tuple(counts.shape) != expected[:2]:
+            raise ValueError(f"set_codebooks: counts must be {list(expected[:2])}, got {list(counts.shape)}")
+        self.codebook.copy_(codebooks)
+        self.ema_count.copy_(counts)
+        denom = ops.ema_denominator(self.ema_count, self.config.eps, self.config.laplace_smoothing)
+        self.ema_sum.copy_(self.codebook * denom.unsqueeze(-1))
+
+    def freeze(self, frozen: bool = True) -> CrossModalQuantizer:
+        """Stop (or resume) codebook updates, also in training mode."""
+        self.frozen = frozen
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 (torch's signature)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._num_updates_host = int(self.num_updates)
+
+    # --------------------------------------------------------------------------------- forward
+    def _stack_latents(self, latents: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Validate {modality: [B, T, D]} and stack it to [M, B, T, D] in the codebook's dtype."""
+        missing = [m for m in self.modalities if m not in latents]
+        unknown = [m for m in latents if m not in self._position]
+        if missing or unknown:
+            raise KeyError(f"CrossModalQuantizer: expected latents for {list(self.modalities)}, "
+                           f"missing {missing}, unknown {unknown}")
+        first = latents[self.modalities[0]]
+        if first.dim() != 3:
+            raise ValueError(f"CrossModalQuantizer: latents['{self.modalities[0]}'] must be [B, T, D], "
+                             f"got shape {list(first.shape)}")
+        expected = (first.shape[0], first.shape[1], self.config.dim)
+        for m in self.modalities:
+            if tuple(latents[m].shape) != expected:
+                raise ValueError(f"CrossModalQuantizer: latents['{m}'] must be [B, T, D] = {list(expected)}, "
+                                 f"got {list(latents[m].shape)}")
+        return torch.stack([latents[m] for m in self.modalities]).to(self.codebook.dtype)
+
+    def forward(self, latents: Mapping[str, torch.Tensor], *, update: bool | None = None) -> QuantizerOutput:
+        """Quantize {modality: [B, T, D]}; update the codebooks if `update` (default: training, not frozen)."""
+        if update is None:
+            update = self.training and not self.frozen
+        cfg = self.config
+        stacked = self._stack_latents(latents)
+        num_mod, batch, steps, dim = stacked.shape
+        z = stacked.reshape(num_mod, batch * steps, dim)
+        # A snapshot: the update below rewrites the buffer in place while autograd still needs it.
+        codebook = self.codebook.clone() if update else self.codebook
+
+        if cfg.dqa:
+            idx, _, usage = ops.assign_with_soft_usage_reference(z, codebook, steps)
+            dqa = cfg.dqa_weight * ops.cmcm_reference(usage)
+        else:
+            idx, _ = ops.assign_reference(z.detach(), codebook)
+            dqa = z.new_zeros(())
+        commit = ops.commitment_reference(
+            z, codebook, idx,
+            self_weight=cfg.commit_self_weight, cross_weight=cfg.commit_cross_weight,
+            cross_target=cfg.commit_cross_target, reduction=cfg.loss_reduction, frames_per_sample=steps,
+        )
+        quantized, tri_code = self._straight_through(z, codebook, idx, latents)
+
+        counts = None
+        if update:
+            counts, num_reset = self._update_state(z.detach(), idx)
+        metrics = self._metrics(idx.view(num_mod, batch, steps), counts)
+        if update:
+            metrics["codes_reset"] = num_reset
+
+        names = self.modalities
+        losses = {f"commit/{m}": commit[i] for i, m in enumerate(names)}
+        losses["dqa"] = dqa
+        return QuantizerOutput(
+            indices={m: idx[i].view(batch, steps) for i, m in enumerate(names)},
+            quantized={m: quantized[i].view(batch, steps, dim).to(latents[m].dtype) for i, m in enumerate(names)},
+            tri_code={m: tri_code[i].view(batch, steps, -1).to(latents[m].dtype) for i, m in enumerate(names)},
+            loss=commit.sum() + dqa,
+            losses=losses,
+            metrics=metrics,
+        )
+
+    def _straight_through(
+        self, z: torch.Tensor, codebook: torch.Tensor, idx: torch.Tensor, latents: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """quantized [M, N, D] and the decoders' code [M, N, M*D], both z + sg(code - z)."""
+        num_mod, num_frames, dim = z.shape
+        codebook = codebook.detach()
+        own_codes = codebook.gather(1, idx.unsqueeze(-1).expand(-1, -1, dim))
+        quantized = z + (own_codes - z).detach()
+        if self.config.decoder_code == "concat_codes":
+            # Eq. 9: one tri-modal code, every modality's own quantized latent, for all decoders
+            tri = quantized.permute(1, 0, 2).reshape(num_frames, num_mod * dim)
+            return quantized, tri.unsqueeze(0).expand(num_mod, -1, -1)
+        # Authors: decoder m gets the full row E[k_m] (every modality's codeword at m's index), with
+        # the gradient going to all encoders through the concatenated latents.
+        all_latents = z.permute(1, 0, 2).reshape(1, num_frames, num_mod * dim)
+        rows = codebook[:, idx.reshape(-1)].view(num_mod, num_mod, num_frames, dim)  # [p, m, N, D]
+        rows = rows.permute(1, 2, 0, 3).reshape(num_mod, num_frames, num_mod * dim)
+        return quantized, all_latents + (rows - all_latents).detach()
+
+    @torch.no_grad()
+    def _update_state(self, z: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DTA -> EMA -> CSA -> dead-code counters -> reset, in place.
+
+        Returns the step's counts [M, K] and the number of codes reset (a tensor: no host sync)."""
+        cfg = self.config
+        self_weight, cross_weight = cfg.effective_dta_weights()
+        sums, counts = ops.dta_accumulate_reference(z, idx, cfg.num_codes, self_weight, cross_weight)
+        dead, active = ops.ema_csa_update_reference(
+            self.codebook, self.ema_sum, self.ema_count, self.unused_steps, sums, counts,
+            decay=cfg.decay, eps=cfg.eps, laplace_smoothing=cfg.laplace_smoothing,
+            csa_order=self._cascade, csa_persistent=cfg.csa_persistent,
+            dead_after=cfg.dead_after, active_window=cfg.active_window,
+        )
+        # On the CPU a branch costs nothing; the draws depend only on (seed, step), so skipping
+        # them when no code is dead changes no later result. On a GPU the masked path always runs.
+        num_reset = dead.new_zeros((), dtype=torch.long)
+        if self.codebook.device.type != "cpu" or bool(dead.any()):
+            reset = ops.reset_dead_codes_reference(
+                self.codebook, dead, active, self._reset_generator(), cfg.reset_noise_std
+            )
+            if cfg.reset_persistent:
+                denom = ops.ema_denominator(self.ema_count, cfg.eps, cfg.laplace_smoothing).unsqueeze(-1)
+                self.ema_sum.copy_(torch.where(reset.view(1, -1, 1), self.codebook * denom, self.ema_sum))
+            num_reset = reset.sum()
+        self.num_updates.add_(1)
+        self._num_updates_host += 1
+        return counts, num_reset
+
+    def _reset_generator(self) -> torch.Generator:
+        return reset_generator(self.config.reset_seed, self._num_updates_host, self.codebook.device)
+
+    @torch.no_grad()
+    def _metrics(self, idx: torch.Tensor, counts: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Per-modality perplexity and codes used, per-pair index agreement, authors' equal_num."""
+        num_mod = idx.shape[0]
+        if counts is None:
+            counts = ops.code_counts(idx.view(num_mod, -1), self.config.num_codes, self.codebook.dtype)
+        names = self.modalities
+        ppl = ops.perplexity(counts)
+        used = (counts > 0).sum(dim=1)
+        agreement = ops.index_agreement(idx.view(num_mod, -1))
+        metrics = {}
+        for i, m in enumerate(names):
+            metrics[f"perplexity/{m}"] = ppl[i]
+            metrics[f"codes_used/{m}"] = used[i]
+        for i, j in itertools.combinations(range(num_mod), 2):
+            metrics[f"agreement/{names[i]}-{names[j]}"] = agreement[i, j]
+        metrics["equal_num"] = ops.mode_agreement_count(idx)
+        return metrics
+
+    # ------------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def lookup(self, modality: str, latents: torch.Tensor) -> LookupOutput:
+        """Nearest code of `latents` [..., D] in `modality`'s codebook. Never changes the state."""
+        if modality not in self._position:
+            raise KeyError(f"lookup: unknown modality {modality!r}; expected one of {list(self.modalities)}")
+        if latents.shape[-1] != self.config.dim:
+            raise ValueError(f"lookup: latents must be [..., {self.config.dim}], got {list(latents.shape)}")
+        m = self._position[modality]
+        flat = latents.reshape(1, -1, self.config.dim).to(self.codebook.dtype)
+        idx, _ = ops.assign_reference(flat, self.codebook[m : m + 1])
+        idx = idx.view(latents.shape[:-1])
+        return LookupOutput(indices=idx, codes=self.codebook[m][idx], rows=self.codes_from_indices(idx))
+
+    @torch.no_grad()
+    def codes_from_indices(self, indices: torch.Tensor, modality: str | None = None) -> torch.Tensor:
+        """Codewords at `indices`: [..., D] of one modality, or the full rows [..., M*D] if None."""
+        if modality is not None:
+            return self.codebook[self._position[modality]][indices]
+        return self.codebook.permute(1, 0, 2).reshape(self.config.num_codes, -1)[indices]
+
+    @torch.no_grad()
+    def codebook_alignment(self) -> torch.Tensor:
+        """The authors' `segment_loss` metric on the current codebooks (costs K x K per pair)."""
+        return ops.codebook_alignment(self.codebook)
+
+    def extra_repr(self) -> str:
+        cfg = self.config
+        return (f"modalities={cfg.modalities}, num_codes={cfg.num_codes}, dim={cfg.dim}, preset={cfg.preset!r}, "
+                f"dta={cfg.dta}, csa={cfg.csa}, dqa={cfg.dqa}, cascade={cfg.cascade}")

@@ -1,0 +1,78 @@
+"""Per-codeword state update of one training step: EMA (paper Eq. 5), CSA cascade (Eq. 6-7),
+dead-code counters (spec §3.7 step 1-2). In place on the quantizer's buffers.
+
+With n [M, K] the step's counts and H [M, K, D] its DTA sums (see dta_accumulate):
+
+    C <- decay * C + (1 - decay) * n
+    C <- (C + eps) / (sum_k C + K * eps) * sum_k C        (Laplace smoothing, authors' code only)
+    W <- decay * W + (1 - decay) * H
+    E <- W / C                (smoothed)     or     E <- W / (C + eps)     (paper Eq. 5)
+
+CSA, for the cascade order (o_1, ..., o_M), replaces each codeword in turn by the mean of the
+current codewords at the same index, so later modalities see the already-moved ones:
+
+    E[o_j, k] <- 1/M * sum_m E[m, k]       for j = 1..M
+    (T->A->V: t1 = (v+a+t)/3, a1 = (v+a+t1)/3, v1 = (v+a1+t1)/3)
+
+In the authors' code CSA moves only the lookup codebook E, never W or C, so it is re-derived from
+W and C every step (`csa_persistent=False`); with `csa_persistent=True` W is rewritten so that the
+moved codewords are what the EMA continues from, as the paper's text implies.
+
+Dead-code counters U [K] (shared by all modalities): U <- U + 1, U[k] <- 0 for every code any
+modality chose; dead = U > dead_after (their U <- 0); active = 0 <= U < active_window, not dead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def ema_denominator(ema_count: torch.Tensor, eps: float, laplace_smoothing: bool) -> torch.Tensor:
+    """What W is divided by to give E: the smoothed counts themselves, or C + eps."""
+    return ema_count if laplace_smoothing else ema_count + eps
+
+
+def csa_cascade_(codebook: torch.Tensor, order: Sequence[int]) -> None:
+    """Cascade of equal-weight means over modalities, in place on E [M, K, D]."""
+    for m in order:
+        codebook[m] = codebook.mean(dim=0)
+
+
+def ema_csa_update_reference(
+    codebook: torch.Tensor,
+    ema_sum: torch.Tensor,
+    ema_count: torch.Tensor,
+    unused_steps: torch.Tensor,
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+    *,
+    decay: float,
+    eps: float,
+    laplace_smoothing: bool,
+    csa_order: Sequence[int] | None,
+    csa_persistent: bool,
+    dead_after: int,
+    active_window: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Update E [M,K,D], W [M,K,D], C [M,K], U [K] in place; return the (dead, active) masks [K]."""
+    num_codes = ema_count.shape[1]
+    ema_count.copy_(decay * ema_count + (1 - decay) * counts)
+    if laplace_smoothing:
+        total = ema_count.sum(dim=1, keepdim=True)
+        ema_count.copy_((ema_count + eps) / (total + num_codes * eps) * total)
+    ema_sum.copy_(decay * ema_sum + (1 - decay) * sums)
+    denom = ema_denominator(ema_count, eps, laplace_smoothing).unsqueeze(-1)
+    torch.div(ema_sum, denom, out=codebook)
+    if csa_order:
+        csa_cascade_(codebook, csa_order)
+        if csa_persistent:
+            torch.mul(codebook, denom, out=ema_sum)
+
+    selected = counts.sum(dim=0) > 0
+    unused_steps.add_(1).masked_fill_(selected, 0)
+    dead = unused_steps > dead_after
+    active = (unused_steps >= 0) & (unused_steps < active_window) & ~dead
+    unused_steps.masked_fill_(dead, 0)
+    return dead, active

@@ -1,0 +1,75 @@
+"""Quantizer losses: cross-modal commitment (paper Eq. 8, spec §3.8) and DQA / CMCM (spec §3.3)."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+CROSS_TARGETS = ("partner_code", "same_index")
+REDUCTIONS = ("mean", "sum")
+
+
+def commitment_reference(
+    z: torch.Tensor,
+    codebook: torch.Tensor,
+    idx: torch.Tensor,
+    *,
+    self_weight: float,
+    cross_weight: float,
+    cross_target: str,
+    reduction: str,
+    frames_per_sample: int,
+) -> torch.Tensor:
+    """Commitment loss per modality [M]; gradients reach z only (the codes are constants).
+
+    L_m = self_weight * dist(z_m, E_m[k_m]) + cross_weight * sum_{p != m} dist(z_m, target_p), with
+    target_p = E_p[k_p] (`partner_code`: the partner's own code at this frame, authors' code) or
+    E_p[k_m] (`same_index`: the partner's codeword at m's index, paper Eq. 8).
+    dist is the mean over frames and dims (`mean`, authors' code) or the squared norm summed over
+    time and dims, averaged over samples (`sum`, paper Eq. 8).
+    """
+    if cross_target not in CROSS_TARGETS:
+        raise ValueError(f"cross_target must be one of {CROSS_TARGETS}, got {cross_target!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    num_mod, num_frames, dim = z.shape
+    codebook = codebook.detach()
+    own_codes = codebook.gather(1, idx.unsqueeze(-1).expand(-1, -1, dim))  # [M, N, D] = E_m[k_m]
+    if cross_target == "partner_code":
+        targets = own_codes.unsqueeze(0).expand(num_mod, -1, -1, -1)  # [m, p] -> E_p[k_p]
+    else:
+        targets = codebook[:, idx.reshape(-1)].view(num_mod, num_mod, num_frames, dim).transpose(0, 1)  # E_p[k_m]
+    sq_err = (z.unsqueeze(1) - targets).pow(2)  # [m, p, N, D]
+    if reduction == "mean":
+        per_target = sq_err.mean(dim=(2, 3))
+    else:
+        per_target = sq_err.sum(dim=(2, 3)) / (num_frames // frames_per_sample)
+    weights = torch.full((num_mod, num_mod), cross_weight, dtype=z.dtype, device=z.device)
+    weights.fill_diagonal_(self_weight)
+    return (weights * per_target).sum(dim=1)
+
+
+def cmcm_pair_reference(
+    usage_x: torch.Tensor, usage_y: torch.Tensor, log_eps: float = 1e-10, denom_eps: float = 1e-5
+) -> torch.Tensor:
+    """Cross-modal code matching for one pair of modalities, usage [B, K] each (spec §3.3).
+
+    S[i, j] = sum_k P_x[i,k] log(P_y[j,k] + 1e-10) + sum_k P_y[i,k] log(P_x[j,k] + 1e-10)
+    L = -1/B sum_i log(G[i,i] / (sum_j G[i,j] + denom_eps)),  G = exp(S + max(-S))
+    computed as a log-sum-exp, which is exactly the authors' value without its overflow risk.
+    """
+    scores = usage_x @ torch.log(usage_y + log_eps).T + usage_y @ torch.log(usage_x + log_eps).T
+    shifted = scores + torch.max(-scores)  # the authors' global shift (kept in the graph, as there)
+    lse = torch.logsumexp(shifted, dim=1)
+    log_denominator = lse + torch.log1p(denom_eps * torch.exp(-lse))  # log(sum_j G[i,j] + eps)
+    return -(shifted.diagonal() - log_denominator).mean()
+
+
+def cmcm_reference(usage: torch.Tensor) -> torch.Tensor:
+    """Sum of the pair losses over all unordered modality pairs, usage [M, B, K] (unweighted)."""
+    num_mod = usage.shape[0]
+    total = usage.new_zeros(())
+    for x, y in itertools.combinations(range(num_mod), 2):  # the pair loss is symmetric in (x, y)
+        total = total + cmcm_pair_reference(usage[x], usage[y])
+    return total
