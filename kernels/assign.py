@@ -35,14 +35,26 @@ def assign_reference(
     return idx, min_dist
 
 
+class _SafeSqrt(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        root = x.clamp_min(0).sqrt_()
+        ctx.save_for_backward(root)
+        return root
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (root,) = ctx.saved_tensors
+        return torch.where(root > 0, grad / (2 * root), torch.zeros((), dtype=grad.dtype, device=grad.device))
+
+
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     """sqrt that is 0 (with zero gradient) where x <= 0.
 
     Distances that should be 0 can come out slightly negative after cancellation; the authors'
     float64 code would take sqrt(-tiny) = NaN there. The value is unchanged wherever x > 0.
     """
-    positive = x > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
+    return _SafeSqrt.apply(x)
 
 
 def soft_usage_reference(
