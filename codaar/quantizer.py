@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 import codaar_kernels as ops
@@ -214,6 +215,7 @@ class CrossModalQuantizer(nn.Module):
         cfg = self.config
         self_weight, cross_weight = cfg.effective_dta_weights()
         sums, counts = ops.dta_accumulate_reference(z, idx, cfg.num_codes, self_weight, cross_weight)
+        self._all_reduce_statistics(sums, counts)
         dead, active = ops.ema_csa_update_reference(
             self.codebook, self.ema_sum, self.ema_count, self.unused_steps, sums, counts,
             decay=cfg.decay, eps=cfg.eps, laplace_smoothing=cfg.laplace_smoothing,
@@ -234,6 +236,19 @@ class CrossModalQuantizer(nn.Module):
         self.num_updates.add_(1)
         self._num_updates_host += 1
         return counts, num_reset
+
+    def _all_reduce_statistics(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
+        """Under DDP, sum the step's statistics over ranks before the EMA, so that every rank applies
+        the same update (and sees the same code usage, hence the same dead codes) and the codebooks
+        stay identical: the update is then that of the union of the ranks' batches. One collective."""
+        if not (self.config.sync_distributed and dist.is_available() and dist.is_initialized()):
+            return
+        if dist.get_world_size() == 1:
+            return
+        flat = torch.cat([sums.reshape(-1), counts.reshape(-1)])
+        dist.all_reduce(flat)
+        sums.copy_(flat[: sums.numel()].view_as(sums))
+        counts.copy_(flat[sums.numel() :].view_as(counts))
 
     def _reset_generator(self) -> torch.Generator:
         return reset_generator(self.config.reset_seed, self._num_updates_host, self.codebook.device)
