@@ -157,10 +157,10 @@ class CrossModalQuantizer(nn.Module):
         codebook = self.codebook.clone() if update else self.codebook
 
         if cfg.dqa:
-            idx, _, usage = ops.assign_with_soft_usage_reference(z, codebook, steps)
+            idx, _, usage = ops.assign_with_soft_usage(z, codebook, steps)
             dqa = cfg.dqa_weight * ops.cmcm_reference(usage)
         else:
-            idx, _ = ops.assign_reference(z.detach(), codebook)
+            idx, _ = ops.assign(z.detach(), codebook)
             dqa = z.new_zeros(())
         commit = ops.commitment_reference(
             z, codebook, idx,
@@ -214,9 +214,10 @@ class CrossModalQuantizer(nn.Module):
         Returns the step's counts [M, K] and the number of codes reset (a tensor: no host sync)."""
         cfg = self.config
         self_weight, cross_weight = cfg.effective_dta_weights()
-        sums, counts = ops.dta_accumulate_reference(z, idx, cfg.num_codes, self_weight, cross_weight)
+        sums, counts = ops.dta_accumulate(z, idx, cfg.num_codes, self_weight, cross_weight,
+                                          deterministic=cfg.deterministic)
         self._all_reduce_statistics(sums, counts)
-        dead, active = ops.ema_csa_update_reference(
+        dead, active = ops.ema_csa_update(
             self.codebook, self.ema_sum, self.ema_count, self.unused_steps, sums, counts,
             decay=cfg.decay, eps=cfg.eps, laplace_smoothing=cfg.laplace_smoothing,
             csa_order=self._cascade, csa_persistent=cfg.csa_persistent,
@@ -282,7 +283,7 @@ class CrossModalQuantizer(nn.Module):
             raise ValueError(f"lookup: latents must be [..., {self.config.dim}], got {list(latents.shape)}")
         m = self._position[modality]
         flat = latents.reshape(1, -1, self.config.dim).to(self.codebook.dtype)
-        idx, _ = ops.assign_reference(flat, self.codebook[m : m + 1])
+        idx, _ = ops.assign(flat, self.codebook[m : m + 1])
         idx = idx.view(latents.shape[:-1])
         return LookupOutput(indices=idx, codes=self.codebook[m][idx], rows=self.codes_from_indices(idx))
 

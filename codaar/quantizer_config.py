@@ -72,6 +72,7 @@ class QuantizerConfig:
     reset_noise_std: float = 0.001
     reset_seed: int = 0  # seeds the reset draws (a fresh generator per step, from seed and step)
     codebook_init: str = "official"  # Uniform(-1/K, 1/K) drawn in float32 from torch's global RNG
+    deterministic: bool = False  # on GPU: sorted (bit-reproducible) instead of atomic DTA accumulation
     sync_distributed: bool = True  # under torch.distributed, sum the step's DTA sums and counts over ranks
 
     def __post_init__(self) -> None:

@@ -1,18 +1,38 @@
 """codaar_kernels: the math of the CoDAAR quantizer, once.
 
 Each module holds one operation of a training step with its eager PyTorch reference
-(`<op>_reference`); see the module docstrings for the equations. Shapes use M modalities,
+(`<op>_reference`) and, beside it in `<op>_triton.py`, its Triton kernel; see the module
+docstrings for the equations. `assign`, `assign_with_soft_usage`, `dta_accumulate` and
+`ema_csa_update` dispatch between the two (see dispatch.py). Shapes use M modalities,
 N = B*T frames, K codes, D dims.
 """
 
 from .assign import assign_reference, assign_with_soft_usage_reference, soft_usage_reference, squared_distances
 from .dead_code_reset import reset_dead_codes_reference
+from .dispatch import (
+    BACKENDS,
+    assign,
+    assign_with_soft_usage,
+    dta_accumulate,
+    ema_csa_update,
+    get_backend,
+    set_backend,
+    use_backend,
+)
 from .dta_accumulate import code_counts, dta_accumulate_reference
 from .ema_csa_update import csa_cascade_, ema_csa_update_reference, ema_denominator
 from .losses import cmcm_pair_reference, cmcm_reference, commitment_reference
 from .metrics import codebook_alignment, index_agreement, mode_agreement_count, perplexity, temporal_modes
 
 __all__ = [
+    "BACKENDS",
+    "assign",
+    "assign_with_soft_usage",
+    "dta_accumulate",
+    "ema_csa_update",
+    "get_backend",
+    "set_backend",
+    "use_backend",
     "assign_reference",
     "assign_with_soft_usage_reference",
     "cmcm_pair_reference",

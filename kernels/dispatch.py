@@ -1,0 +1,110 @@
+"""One switch between the Triton kernels and the eager references, with the same signatures.
+
+Backend `auto` (the default): CUDA tensors go to Triton, CPU tensors to the eager reference,
+except under the Triton interpreter (TRITON_INTERPRET=1), where CPU tensors go to Triton too.
+Inputs a kernel does not support (float64 state, say) fall back to the reference in `auto`.
+`eager` and `triton` force a path (`triton` on CPU tensors needs TRITON_INTERPRET=1).
+Set it with the CODAAR_BACKEND environment variable, `set_backend(name)` or `with use_backend(name):`.
+
+The Triton modules are imported on first use: CPU-only users never pay for compiling them, and
+the interpreter switch is read when they are (Triton reads it at decoration time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from .assign import assign_reference, assign_with_soft_usage_reference
+from .dta_accumulate import dta_accumulate_reference
+from .ema_csa_update import ema_csa_update_reference
+
+BACKENDS = ("auto", "eager", "triton")
+_TRITON_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+_backend = os.environ.get("CODAAR_BACKEND", "auto")
+if _backend not in BACKENDS:
+    raise ValueError(f"CODAAR_BACKEND: expected one of {BACKENDS}, got {_backend!r}")
+
+
+def set_backend(name: str) -> None:
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {name!r}")
+    _backend = name
+
+
+def get_backend() -> str:
+    return _backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    previous = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton(module: str):
+    return importlib.import_module(f"{__package__}.{module}")
+
+
+def use_triton(*tensors: torch.Tensor, state_dtypes: Sequence[torch.dtype] = _TRITON_FLOATS) -> bool:
+    """Whether this call runs the Triton kernel. `state_dtypes`: what the kernel accepts for tensors[0]."""
+    on_device = tensors[0].is_cuda or interpreter_enabled()
+    supported = on_device and all(t.dtype in state_dtypes for t in tensors if t.is_floating_point())
+    if _backend == "eager":
+        return False
+    if _backend == "triton":
+        if not on_device:
+            raise RuntimeError("backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 (set before importing triton)")
+        if not supported:
+            raise TypeError(f"backend 'triton': no kernel for dtypes {[t.dtype for t in tensors]}")
+        return True
+    return supported
+
+
+def assign(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest code per frame: (idx [M, N] int64, min_dist [M, N])."""
+    if use_triton(z, codebook):
+        return _triton("assign_triton").assign_triton(z, codebook)
+    return assign_reference(z.detach(), codebook)
+
+
+def assign_with_soft_usage(
+    z: torch.Tensor, codebook: torch.Tensor, frames_per_sample: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Assignment plus DQA's per-sample soft usage [M, B, K] (differentiable w.r.t. z)."""
+    if use_triton(z, codebook):
+        idx, min_dist = _triton("assign_triton").assign_triton(z, codebook)
+        usage = _triton("soft_usage_triton").soft_usage_triton(z, codebook, frames_per_sample)
+        return idx, min_dist, usage
+    return assign_with_soft_usage_reference(z, codebook, frames_per_sample)
+
+
+def dta_accumulate(
+    z: torch.Tensor, idx: torch.Tensor, num_codes: int, self_weight: float, cross_weight: float,
+    *, deterministic: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DTA sums [M, K, D] and counts [M, K] (float32 from Triton, z's dtype from the reference)."""
+    if use_triton(z):
+        kernel = _triton("dta_accumulate_triton").dta_accumulate_triton
+        return kernel(z, idx, num_codes, self_weight, cross_weight, deterministic=deterministic)
+    return dta_accumulate_reference(z, idx, num_codes, self_weight, cross_weight)
+
+
+def ema_csa_update(codebook: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """EMA + Laplace smoothing + E = W / C + CSA + dead-code counters, in place (see ema_csa_update.py)."""
+    if use_triton(codebook, state_dtypes=(torch.float32, torch.float64)):
+        return _triton("ema_csa_update_triton").ema_csa_update_triton(codebook, *args, **kwargs)
+    return ema_csa_update_reference(codebook, *args, **kwargs)

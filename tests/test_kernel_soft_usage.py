@@ -1,0 +1,140 @@
+"""soft_usage_triton (forward + backward) vs soft_usage_reference and its autograd gradient.
+
+Runs on CPU through the Triton interpreter in CI.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede any triton import
+
+import pytest
+import torch
+
+from codaar_kernels.assign import soft_usage_reference
+from codaar_kernels.soft_usage_triton import soft_usage_backward, soft_usage_forward, soft_usage_triton
+
+DEVICE = "cuda" if os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+
+
+def _reference(z, codebook, T, weight):
+    """(P, dz) from the eager reference in fp32 for the loss sum(P * weight)."""
+    zr = z.detach().float().requires_grad_()
+    probs = soft_usage_reference(zr, codebook.float(), T)
+    (probs * weight).sum().backward()
+    return probs.detach(), zr.grad
+
+
+def _poisoned_forward_backward(z, codebook, T, weight):
+    """Raw launchers into NaN-prefilled outputs: every P, lse, r and dz element must be written."""
+    num_mod, num_frames, dim = z.shape
+    B, K = num_frames // T, codebook.shape[1]
+    nan = float("nan")
+    p_out = torch.full((num_mod, B, K), nan, device=z.device)
+    lse_out = torch.full((num_mod, num_frames), nan, device=z.device)
+    probs, lse = soft_usage_forward(z, codebook, T, out=p_out, lse_out=lse_out)
+    assert probs is p_out and lse is lse_out
+    assert not torch.isnan(probs).any() and not torch.isnan(lse).any()
+    dz_out = torch.full((num_mod, num_frames, dim), nan, dtype=z.dtype, device=z.device)
+    row_out = torch.full((num_mod, num_frames), nan, device=z.device)
+    dz = soft_usage_backward(z, codebook, T, lse, weight, out=dz_out, row_out=row_out)
+    assert dz is dz_out
+    assert not torch.isnan(dz).any() and not torch.isnan(row_out).any()
+    return probs, dz
+
+
+SHAPES = [
+    # (M, N, K, D, T, z dtype)
+    (1, 10, 1, 16, 10, torch.float32),  # K = 1: P == 1, zero gradient
+    (2, 10, 3, 200, 10, torch.float32),  # one sample, D not a power of two
+    (3, 80, 800, 16, 10, torch.float32),  # several K tiles, partial last tile
+    (2, 3000, 3, 16, 10, torch.float32),  # 300 samples, several sample/frame blocks
+    (1, 10, 2048, 16, 10, torch.float32),  # many K tiles
+    (2, 20, 40, 512, 10, torch.float32),  # big D: two dz column chunks
+    (2, 70, 50, 32, 7, torch.float32),  # T = 7
+    (1, 7, 33, 24, 1, torch.float32),  # T = 1, N = 7
+    (2, 70, 130, 200, 10, torch.bfloat16),  # bf16 latents
+]
+
+
+@pytest.mark.parametrize("M,N,K,D,T,zdt", SHAPES)
+def test_forward_backward_match_reference(M, N, K, D, T, zdt):
+    g = torch.Generator().manual_seed(7 * M + N + K + D + T)
+    z = torch.randn(M, N, D, generator=g).to(DEVICE, zdt)
+    codebook = (0.5 * torch.randn(M, K, D, generator=g)).to(DEVICE)
+    weight = torch.randn(M, N // T, K, generator=g).to(DEVICE)
+    ref_p, ref_dz = _reference(z, codebook, T, weight)
+
+    probs, dz = _poisoned_forward_backward(z, codebook, T, weight)
+    assert probs.dtype == torch.float32 and dz.dtype == zdt
+    # inputs are the same bf16 values on both sides, the math is fp32 on both sides;
+    # bf16 only adds the final rounding of dz to bf16.
+    torch.testing.assert_close(probs, ref_p, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(probs.sum(-1), torch.ones_like(probs[..., 0]), rtol=1e-5, atol=1e-5)
+    scale = ref_dz.abs().max().item() + 1e-12
+    if zdt == torch.float32:
+        torch.testing.assert_close(dz, ref_dz, rtol=1e-4, atol=1e-5 * scale)
+    else:
+        torch.testing.assert_close(dz.float(), ref_dz, rtol=1e-2, atol=1e-2 * scale)
+
+
+def test_autograd_function_and_constant_codebook():
+    g = torch.Generator().manual_seed(11)
+    M, N, K, D, T = 2, 40, 70, 24, 10
+    z = torch.randn(M, N, D, generator=g).to(DEVICE).transpose(0, 1).contiguous().transpose(0, 1)  # strided
+    z.requires_grad_()
+    codebook = torch.nn.Parameter(torch.randn(M, K, D, generator=g).to(DEVICE))
+    weight = torch.randn(M, N // T, K, generator=g).to(DEVICE)
+    probs = soft_usage_triton(z, codebook, T)
+    (probs * weight).sum().backward()
+    ref_p, ref_dz = _reference(z, codebook.detach(), T, weight)
+    torch.testing.assert_close(probs.detach(), ref_p, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z.grad, ref_dz, rtol=1e-4, atol=1e-5 * ref_dz.abs().max().item())
+    assert codebook.grad is None  # constant buffer by design
+    # upstream gradient that is an expanded (stride-0) tensor
+    z.grad = None
+    soft_usage_triton(z, codebook.detach(), T).sum().backward()
+    assert z.grad.abs().max() < 1e-4  # sum_k P = 1 per sample: the gradient of the total is ~0
+
+
+def test_zero_distance_has_zero_sqrt_gradient():
+    # Integer data with frames equal to codes: d == 0 exactly on both sides, so the safe_sqrt
+    # branch (value 0, gradient 0) is taken identically by kernel and reference.
+    g = torch.Generator().manual_seed(12)
+    M, N, K, D, T = 2, 30, 20, 16, 10
+    codebook = torch.randint(-2, 3, (M, K, D), generator=g).float()
+    pick = torch.randint(0, K, (M, N), generator=g)
+    z = codebook.gather(1, pick.unsqueeze(-1).expand(M, N, D)).clone()
+    z[:, ::3] += 1.0  # some frames off-code
+    weight = torch.randn(M, N // T, K, generator=g)
+    ref_p, ref_dz = _reference(z, codebook, T, weight)
+    probs, dz = _poisoned_forward_backward(z.to(DEVICE), codebook.to(DEVICE), T, weight.to(DEVICE))
+    torch.testing.assert_close(probs.cpu(), ref_p, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dz.cpu(), ref_dz, rtol=1e-4, atol=1e-5 * ref_dz.abs().max().item())
+
+
+def test_far_codes_do_not_underflow():
+    # distances ~1e4: sqrt ~100, exp(-100) underflows without the max shift of the softmax
+    g = torch.Generator().manual_seed(13)
+    z = (30 * torch.randn(1, 20, 16, generator=g)).to(DEVICE)
+    codebook = (30 * torch.randn(1, 50, 16, generator=g)).to(DEVICE)
+    weight = torch.randn(1, 2, 50, generator=g).to(DEVICE)
+    ref_p, ref_dz = _reference(z, codebook, 10, weight)
+    probs, dz = _poisoned_forward_backward(z, codebook, 10, weight)
+    torch.testing.assert_close(probs, ref_p, rtol=1e-4, atol=1e-6)
+    # ||z||^2 + ||E||^2 ~ 3e4 cancels to d: fp32 rounding of d (~3e-3, different on the two
+    # sides) moves p by ~1e-5 relative, so the gradient is compared at 1e-4 of its scale.
+    torch.testing.assert_close(dz, ref_dz, rtol=1e-3, atol=1e-4 * ref_dz.abs().max().item())
+
+
+def test_bad_inputs_raise():
+    z = torch.randn(2, 25, 16)
+    with pytest.raises(ValueError, match="multiple of T=10"):
+        soft_usage_triton(z, torch.randn(2, 4, 16), 10)
+    with pytest.raises(ValueError, match="positive int"):
+        soft_usage_triton(z, torch.randn(2, 4, 16), 0)
+    with pytest.raises(ValueError, match="disagree"):
+        soft_usage_triton(z, torch.randn(2, 4, 8), 5)
+    with pytest.raises(TypeError, match="float32"):
+        soft_usage_triton(z.double(), torch.randn(2, 4, 16), 5)
