@@ -20,6 +20,8 @@ import torch.distributed as dist
 from torch import nn
 
 import codaar_kernels as ops
+from codaar.distributed import active as distributed_active
+from codaar.distributed import gather_batch
 from codaar.quantizer_config import QuantizerConfig
 
 _SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio odd constant: spreads (seed, step) over the 64-bit seed space
@@ -158,6 +160,8 @@ class CrossModalQuantizer(nn.Module):
 
         if cfg.dqa:
             idx, _, usage = ops.assign_with_soft_usage(z, codebook, steps)
+            if cfg.sync_distributed:  # CMCM's negatives are the other clips, on every rank
+                usage = gather_batch(usage, dim=1)
             dqa = cfg.dqa_weight * ops.cmcm_reference(usage)
         else:
             idx, _ = ops.assign(z.detach(), codebook)
@@ -242,9 +246,7 @@ class CrossModalQuantizer(nn.Module):
         """Under DDP, sum the step's statistics over ranks before the EMA, so that every rank applies
         the same update (and sees the same code usage, hence the same dead codes) and the codebooks
         stay identical: the update is then that of the union of the ranks' batches. One collective."""
-        if not (self.config.sync_distributed and dist.is_available() and dist.is_initialized()):
-            return
-        if dist.get_world_size() == 1:
+        if not (self.config.sync_distributed and distributed_active()):
             return
         flat = torch.cat([sums.reshape(-1), counts.reshape(-1)])
         dist.all_reduce(flat)

@@ -1,93 +1,310 @@
-"""`python -m codaar.train`: the main job.
+"""`python -m codaar.train`: pretrain CoDAAR, from a laptop CPU to `torchrun` on a multi-GPU node.
 
-The full CoDAAR trainer (encoders, decoders, CPC, data, checkpoints) is not built yet. Until it
-is, this runs the cross-modal quantizer alone, at the paper's shapes, on random latents drawn
-around shared event centres (so the modalities have something to agree on), and reports what a
-training run would: losses, perplexities, codes used, cross-modal index agreement, speed.
+With no arguments: AVT on the built-in data set, the authors' recipe (Adam 4e-4, batch 80,
+per-module gradient clipping 0.5), float32, a progress bar, per-step metrics in
+`runs/codaar/metrics.jsonl`, checkpoints in `runs/codaar/checkpoints/`, a summary at the end.
+
+Reproducibility: the data order of an epoch comes from (seed, epoch) and every step reseeds torch's
+RNG from (seed, rank, step) for dropout and draws CPC's t* from (seed, step); the model,
+optimizer and quantizer state are all in the checkpoint. So a run killed at any point and resumed
+with `--resume` ends exactly where the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
-import argparse
+import collections
 import itertools
+import json
+import math
+import os
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from codaar.quantizer import CrossModalQuantizer
-from codaar.quantizer_config import PRESETS
+from codaar import checkpoint as ckpt
+from codaar import distributed
+from codaar.data import TriModalData, build_synthetic, load_dataset, synthetic_config
+from codaar.data.loader import TriModalDataset
+from codaar.model import CoDAARModel, ModelConfig
+from codaar.model.nvtx import nvtx_range
+from codaar.train_config import TrainConfig, parse_config
 
-NOT_YET = ("note: the CoDAAR trainer (encoders, decoders, CPC, data) is not built yet; "
-           "this runs the quantizer alone on random latents.")
+_MIX = 0x9E3779B97F4A7C15
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m codaar.train",
-        description="Run CoDAAR quantizer training steps on random clustered latents (the trainer comes later).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, purpose, rank, step, ...)."""
+    value = 0
+    for part in parts:
+        value = (value * _MIX + part + 1) % (1 << 63)
+    return value
+
+
+# ----------------------------------------------------------------------------------- data
+def load_data(cfg: TrainConfig) -> TriModalData:
+    if cfg.data is not None:
+        return load_dataset(cfg.data)
+    overrides = {} if cfg.pretrain_clips is None else {"num_pretrain": cfg.pretrain_clips}
+    return build_synthetic(synthetic_config(cfg.data_preset, seed=cfg.data_seed, **overrides))
+
+
+def model_config(cfg: TrainConfig, data: TriModalData) -> ModelConfig:
+    """Input sizes come from the data; the rest from the run's settings."""
+    missing = [m for m in cfg.modalities if m not in data.modalities]
+    if missing:
+        raise SystemExit(f"--modalities {','.join(cfg.modalities)}: the data has no {missing} "
+                         f"(it has {list(data.modalities)})")
+    video = data.feature_shape("video")
+    text_dim = data.feature_shape("text")[-1] if "text" in cfg.modalities else 768
+    return ModelConfig(
+        modalities=cfg.modalities, audio_dim=data.feature_shape("audio")[-1],
+        video_input="spatial" if len(video) == 3 else "vector", video_dim=video[-1], text_dim=text_dim,
+        dim=cfg.dim, num_codes=cfg.num_codes, temporal_ffn_dim=cfg.temporal_ffn_dim,
+        text_lstm_dim=cfg.text_lstm_dim, dropout=cfg.dropout, preset=cfg.preset, cpc=cfg.cpc, dta=cfg.dta,
+        csa=cfg.csa, dqa=cfg.dqa, cascade=cfg.cascade,
+        quantizer_overrides={"deterministic": cfg.deterministic, "reset_seed": cfg.seed},
     )
-    parser.add_argument("--steps", type=int, default=40, help="training steps")
-    parser.add_argument("--batch-size", type=int, default=80, help="clips per step (B)")
-    parser.add_argument("--frames", type=int, default=10, help="segments per clip (T)")
-    parser.add_argument("--num-codes", type=int, default=800, help="codes per modality (K)")
-    parser.add_argument("--dim", type=int, default=256, help="latent dimension per modality (D)")
-    parser.add_argument("--modalities", default="video,audio,text", help="comma-separated; AV = video,audio")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="official")
-    parser.add_argument("--events", type=int, default=10, help="event centres the latents are drawn around")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--float64", action="store_true", help="run the quantizer in float64 (the authors' precision)")
-    return parser.parse_args(argv)
 
 
-def random_batch(args, centres: torch.Tensor, offsets: torch.Tensor, generator: torch.Generator, modalities):
-    """Clips whose frames follow one event each (switching now and then), seen by every modality
-    through its own offset, with independent noise."""
-    events = torch.randint(0, args.events, (args.batch_size, 1), generator=generator)
-    switch = torch.rand(args.batch_size, args.frames, generator=generator) < 0.2
-    drawn = torch.randint(0, args.events, (args.batch_size, args.frames), generator=generator)
-    labels = torch.where(switch, drawn, events.expand(-1, args.frames))
-    return {
-        m: centres[labels] + offsets[i] + 0.3 * torch.randn(args.batch_size, args.frames, args.dim, generator=generator)
-        for i, m in enumerate(modalities)
-    }
+class EpochBatches:
+    """The clips of each step: a permutation of the split per epoch, cut into global batches, of
+    which each rank takes an equal contiguous share (a batch that does not split evenly is skipped)."""
+
+    def __init__(self, clips: np.ndarray, cfg: TrainConfig, group: distributed.ProcessGroup):
+        self.clips, self.cfg, self.group = clips, cfg, group
+        if cfg.batch_size % group.world_size:
+            raise SystemExit(f"--batch-size {cfg.batch_size} must split evenly over {group.world_size} processes")
+        full, rest = divmod(len(clips), cfg.batch_size)
+        keep_rest = rest and not cfg.drop_last and rest % group.world_size == 0
+        self.steps_per_epoch = full + bool(keep_rest)
+        if self.steps_per_epoch == 0:
+            raise SystemExit(f"split has {len(clips)} clips, fewer than one batch of {cfg.batch_size}")
+
+    def __call__(self, epoch: int, first_step: int = 0) -> list[np.ndarray]:
+        generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, 1, epoch))
+        order = self.clips[torch.randperm(len(self.clips), generator=generator).numpy()]
+        batches = []
+        for step in range(first_step, self.steps_per_epoch):
+            batch = order[step * self.cfg.batch_size : (step + 1) * self.cfg.batch_size]
+            share = len(batch) // self.group.world_size
+            batches.append(batch[self.group.rank * share : (self.group.rank + 1) * share])
+        return batches
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    args = parse_args(argv)
-    modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
-    print(NOT_YET)
-    torch.manual_seed(args.seed)
-    quantizer = CrossModalQuantizer(modalities=modalities, num_codes=args.num_codes, dim=args.dim, preset=args.preset)
-    dtype = torch.float64 if args.float64 else torch.float32
-    quantizer = quantizer.to(dtype).train()
-    generator = torch.Generator().manual_seed(args.seed)
-    centres = torch.randn(args.events, args.dim, generator=generator)
-    offsets = 0.3 * torch.randn(len(modalities), args.dim, generator=generator)
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """MultiStepLR stepped per epoch, as the authors do (milestones 10, 20, 30; gamma 0.5)."""
+    return cfg.lr * cfg.lr_gamma ** sum(epoch >= m for m in cfg.lr_milestones)
 
-    started = time.perf_counter()
-    progress = tqdm(range(args.steps), desc="quantizer", unit="step", dynamic_ncols=True)
-    for _ in progress:
-        batch = {m: z.to(dtype) for m, z in random_batch(args, centres, offsets, generator, modalities).items()}
-        out = quantizer(batch)
-        progress.set_postfix(loss=f"{out.loss.item():.4f}", ppl=f"{out.metrics[f'perplexity/{modalities[0]}'].item():.1f}")
-    elapsed = time.perf_counter() - started
 
-    summary = {"loss": out.loss.item(), "steps_per_second": args.steps / elapsed}
-    summary.update({name: float(value) for name, value in out.losses.items()})
-    summary.update({name: float(value) for name, value in out.metrics.items()})
-    print(f"\nquantizer-only run: {args.steps} steps of B={args.batch_size} T={args.frames} K={args.num_codes} "
-          f"D={args.dim}, modalities {'/'.join(modalities)}, preset {args.preset}, {dtype}")
-    print(f"  speed          {summary['steps_per_second']:.1f} steps/s on {quantizer.codebook.device}")
-    print(f"  loss           {summary['loss']:.4f} (commitment + DQA)")
-    for m in modalities:
-        print(f"  {m:<14} perplexity {summary[f'perplexity/{m}']:7.1f}   codes used in the last batch "
-              f"{int(summary[f'codes_used/{m}'])}/{args.num_codes}")
-    for a, b in itertools.combinations(modalities, 2):
-        print(f"  agreement {a}-{b}: {summary[f'agreement/{a}-{b}']:.3f} of frames share an index")
-    print(NOT_YET)
-    return summary
+# ---------------------------------------------------------------------------------- trainer
+class Trainer:
+    def __init__(self, cfg: TrainConfig, group: distributed.ProcessGroup):
+        self.cfg, self.group = cfg, group
+        self.device = group.device
+        self.dtype = torch.float64 if cfg.float64 else torch.float32
+        torch.set_flush_denormal(True)  # the authors' tiny init makes denormals, 30x slower on CPUs
+
+        self.data = load_data(cfg)
+        self.batches = EpochBatches(np.asarray(self.data.split(cfg.split)), cfg, group)
+        self.total_steps = cfg.epochs * self.batches.steps_per_epoch
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.dataset = TriModalDataset(self.data, cfg.split, modalities=cfg.modalities, dtype=self.dtype)
+
+        self.model_config = model_config(cfg, self.data)
+        torch.manual_seed(cfg.seed)  # the same initial weights and codebooks on every rank
+        self.model = CoDAARModel(self.model_config).to(self.device, self.dtype)
+        self.ddp = (DistributedDataParallel(self.model, broadcast_buffers=False)  # codebooks sync by all-reduce
+                    if group.world_size > 1 else None)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        # The authors clip each module group on its own (spec §5).
+        self.clip_groups = [list(module.parameters()) for module in
+                            (self.model.encoders, self.model.text_lstm, self.model.cpc, self.model.decoders)
+                            if module is not None]
+
+        self.run_dir = Path(cfg.out)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.step = self._start_or_resume()
+        self.tensorboard = self._tensorboard() if cfg.tensorboard and group.is_main else None
+
+    # ------------------------------------------------------------------------ run folder
+    def _start_or_resume(self) -> int:
+        has_run = (self.run_dir / "checkpoints" / ckpt.LATEST).is_file()
+        if not self.cfg.resume:
+            if has_run:
+                raise SystemExit(f"{self.run_dir} already holds a run: continue it with --resume, "
+                                 f"or choose another --out")
+            if self.group.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                config = {"train": self.cfg.to_json(), "model": _jsonable(self.model_config)}
+                (self.run_dir / "config.json").write_text(json.dumps(config, indent=1))
+                self.metrics_path.write_text("")
+            return 0
+        if not has_run:
+            raise SystemExit(f"--resume: {self.run_dir} has no checkpoint to resume from")
+        tensors, meta = ckpt.load_checkpoint(self.run_dir)
+        saved = meta["config"]
+        for key in ("preset", "modalities", "dim", "num_codes", "batch_size", "seed", "data", "data_preset"):
+            now = _jsonable(getattr(self.cfg, key))
+            if saved.get(key) != now:
+                raise SystemExit(f"--resume: setting {key!r} was {saved.get(key)!r} in {self.run_dir}, now {now!r}")
+        self.model.load_state_dict(ckpt.prefixed(tensors, "model"))
+        self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
+        if self.group.is_main:  # forget metrics logged after the checkpoint: those steps run again
+            lines = self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
+            kept = [line for line in lines if json.loads(line)["step"] <= meta["step"]]
+            _atomic_write(self.metrics_path, "".join(line + "\n" for line in kept))
+        return meta["step"]
+
+    def _save(self) -> Path | None:
+        if not self.group.is_main:
+            return None
+        tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        optimizer_tensors, optimizer_meta = ckpt.flatten_optimizer(self.optimizer)
+        tensors.update(optimizer_tensors)
+        meta = {"config": self.cfg.to_json(), "model_config": _jsonable(self.model_config),
+                "optimizer": optimizer_meta, "epoch": self.step // self.batches.steps_per_epoch}
+        return ckpt.save_checkpoint(self.run_dir, self.step, tensors, meta, keep=self.cfg.keep_checkpoints)
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise SystemExit("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    # ------------------------------------------------------------------------------ steps
+    def _batch(self, clips: np.ndarray) -> dict[str, torch.Tensor]:
+        items = self.dataset.__getitems__(np.searchsorted(self.dataset.indices, clips))
+        pin = self.device.type == "cuda"
+        batch = {}
+        for m in self.cfg.modalities:
+            stacked = torch.stack([item[m] for item in items])
+            batch[m] = (stacked.pin_memory() if pin else stacked).to(self.device, non_blocking=True)
+        return batch
+
+    def train_step(self, clips: np.ndarray) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        torch.manual_seed(derived_seed(cfg.seed, 2, self.group.rank, self.step))  # dropout of this step
+        cpc_generator = torch.Generator().manual_seed(derived_seed(cfg.seed, 3, self.step))  # same on all ranks
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(cfg, self.step // self.batches.steps_per_epoch)
+        batch = self._batch(clips)
+        model = self.ddp or self.model
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda"):
+            out = model(batch, cpc_generator=cpc_generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        with nvtx_range("backward"):
+            out.loss.backward()
+        with nvtx_range("optimizer"):
+            for params in self.clip_groups:
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+            self.optimizer.step()
+        values = {"loss": out.loss.detach(), **{k: v.detach() for k, v in out.losses.items()}, **out.metrics}
+        return values, out.indices
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        started, first_step = time.perf_counter(), self.step
+        recent = collections.deque(maxlen=self.batches.steps_per_epoch)
+        used = collections.deque(maxlen=self.batches.steps_per_epoch)
+        progress = tqdm(total=self.total_steps, initial=self.step, desc="codaar", unit="step", dynamic_ncols=True,
+                        disable=not (cfg.progress and self.group.is_main))
+        log = open(self.metrics_path, "a") if self.group.is_main else None
+        try:
+            while self.step < self.total_steps:
+                epoch, position = divmod(self.step, self.batches.steps_per_epoch)
+                for clips in self.batches(epoch, position):
+                    if self.step >= self.total_steps:
+                        break
+                    values, indices = self.train_step(clips)
+                    self.step += 1
+                    record = {"step": self.step, "epoch": epoch, "lr": lr_at(cfg, epoch),
+                              **{k: float(v) for k, v in values.items()}}
+                    recent.append(record)
+                    used.append({m: idx.unique() for m, idx in indices.items()})
+                    if log is not None:
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                        if self.tensorboard is not None:
+                            for key, value in record.items():
+                                self.tensorboard.add_scalar(key, value, self.step)
+                    progress.update(1)
+                    progress.set_postfix(self._postfix(record), refresh=False)
+                    if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
+                        self._save()
+        finally:
+            progress.close()
+            if log is not None:
+                log.close()
+        elapsed = time.perf_counter() - started
+        return self._summary(recent, used, (self.step - first_step) / max(elapsed, 1e-9), elapsed)
+
+    def _postfix(self, record: dict) -> dict:
+        mods = self.cfg.modalities
+        postfix = {"loss": f"{record['loss']:.3f}"}
+        postfix.update({f"ppl_{m[0]}": f"{record[f'perplexity/{m}']:.1f}" for m in mods})
+        for a, b in itertools.combinations(mods, 2):
+            postfix[f"agr_{a[0]}{b[0]}"] = f"{record[f'agreement/{a}-{b}']:.2f}"
+        return postfix
+
+    def _summary(self, recent, used, steps_per_second: float, elapsed: float) -> dict:
+        cfg, mods = self.cfg, self.cfg.modalities
+        mean = {key: float(np.mean([r[key] for r in recent])) for key in recent[-1]} if recent else {}
+        summary = {"steps": self.step, "steps_per_second": steps_per_second, "seconds": elapsed,
+                   "run_dir": str(self.run_dir), "last_epoch_mean": mean}
+        for m in mods:
+            summary[f"codes_used/{m}"] = int(torch.cat([u[m] for u in used]).unique().numel()) if used else 0
+        summary["dead_codes_reset_last_epoch"] = int(sum(r.get("codes_reset", 0) for r in recent))
+        if not self.group.is_main:
+            return summary
+        window = f"mean over the last {len(recent)} steps"
+        lines = [f"\nCoDAAR pretraining: {self.step} steps ({self.step / self.batches.steps_per_epoch:.1f} epochs), "
+                 f"{'/'.join(mods)}, preset {cfg.preset}, {self.dtype}, {self.group.world_size} process(es) on "
+                 f"{self.device.type}, {elapsed:.0f} s ({steps_per_second:.2f} steps/s)",
+                 f"  loss {mean.get('loss', math.nan):.4f} ({window}): " + ", ".join(
+                     f"{k} {mean[k]:.4f}" for k in mean if k.startswith(("rec/", "commit/", "dqa", "cpc"))
+                     and not k.startswith("cpc_acc"))]
+        for m in mods:
+            lines.append(f"  {m:<6} perplexity {mean.get(f'perplexity/{m}', math.nan):7.1f}   codes used in the "
+                         f"last epoch {summary[f'codes_used/{m}']}/{cfg.num_codes}")
+        for a, b in itertools.combinations(mods, 2):
+            lines.append(f"  index agreement {a}-{b}: {mean.get(f'agreement/{a}-{b}', math.nan):.3f} of frames")
+        lines.append(f"  dead codes reset in the last epoch: {summary['dead_codes_reset_last_epoch']}")
+        lines.append(f"  checkpoint: {ckpt.resolve_checkpoint(self.run_dir)}")
+        lines.append(f"  metrics:    {self.metrics_path} (one JSON line per step)")
+        print("\n".join(lines))
+        return summary
+
+
+def _jsonable(value):
+    """Dataclasses and tuples as plain JSON values (what config.json and checkpoints store)."""
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _jsonable(v) for k, v in vars(value).items()}
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(text)
+    os.replace(staging, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(argv)
+    group = distributed.init_from_env(cfg.device)
+    try:
+        return Trainer(cfg, group).run()
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,44 @@
+"""The CoDAAR network: encoders, decoders, CPC, and the model that ties them to the quantizer."""
+
+from codaar.model.codaar_model import CoDAARModel, ModelConfig, ModelOutput
+from codaar.model.cpc import CPCOutput, CrossModalCPC, cpc_loss, cpc_pairs
+from codaar.model.decoders import (
+    CodeProjection,
+    ResidualBlock,
+    SpatialVideoDecoder,
+    VectorDecoder,
+    reconstruction_loss,
+)
+from codaar.model.encoders import (
+    ChannelGatedVideoFeatures,
+    LinearReLUProjection,
+    ModalityEncoder,
+    PassThroughFeatures,
+    SpatialVideoProjection,
+    TemporalModule,
+    TextTokenLSTM,
+)
+from codaar.model.nvtx import nvtx_range
+
+__all__ = [
+    "CPCOutput",
+    "ChannelGatedVideoFeatures",
+    "CoDAARModel",
+    "CodeProjection",
+    "CrossModalCPC",
+    "LinearReLUProjection",
+    "ModalityEncoder",
+    "ModelConfig",
+    "ModelOutput",
+    "PassThroughFeatures",
+    "ResidualBlock",
+    "SpatialVideoDecoder",
+    "SpatialVideoProjection",
+    "TemporalModule",
+    "TextTokenLSTM",
+    "VectorDecoder",
+    "cpc_loss",
+    "cpc_pairs",
+    "nvtx_range",
+    "reconstruction_loss",
+]

@@ -1,0 +1,233 @@
+"""CoDAARModel: encoders -> cross-modal quantizer -> CPC + decoders, one pretraining step (spec §3.13).
+
+loss = sum_m rec/<m> + sum_m commit/<m> + dqa + cpc      (paper Eq. 10, spec §3.13 step 5)
+
+The quantizer (codebooks, DTA, CSA, DQA, commitment, straight-through codes) is
+`codaar.quantizer.CrossModalQuantizer`, used as is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from codaar.model.cpc import VARIANTS as CPC_VARIANTS
+from codaar.model.cpc import CrossModalCPC
+from codaar.model.decoders import SpatialVideoDecoder, VectorDecoder, reconstruction_loss
+from codaar.model.encoders import (
+    ChannelGatedVideoFeatures,
+    LinearReLUProjection,
+    ModalityEncoder,
+    PassThroughFeatures,
+    SpatialVideoProjection,
+    TemporalModule,
+    TextTokenLSTM,
+)
+from codaar.model.nvtx import nvtx_range
+from codaar.quantizer import CrossModalQuantizer, LookupOutput
+from codaar.quantizer_config import PRESETS, QuantizerConfig
+
+KNOWN_MODALITIES = ("video", "audio", "text")
+VIDEO_INPUTS = ("spatial", "vector")
+CPC_VARIANT_OF_PRESET = {"official": "official", "paper": "paper"}  # spec §8.9
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every size and switch of the model. Defaults are the authors' AVT model (spec §2)."""
+
+    modalities: tuple[str, ...] = ("video", "audio", "text")  # AV: ("video", "audio"); order of full codebook rows
+    # inputs
+    audio_dim: int = 128  # d_a (VGGish)
+    video_input: str = "spatial"  # "spatial": [B, T, H, W, C] maps; "vector": [B, T, d_v]
+    video_dim: int = 512  # C of the spatial map, or d_v of vector features
+    text_dim: int = 768  # d_text of the token embeddings (BERT)
+    # encoders
+    dim: int = 256  # D: latent / code dim per modality
+    projection_dim: int = 256  # width of P_a, P_t and vector-video P_v
+    video_gate_dim: int = 64  # channel-gate bottleneck (512 -> 64 -> 512)
+    video_hidden_channels: int = 1024  # P_v first conv; also the video decoder's hidden width
+    video_projection_channels: int = 2048  # P_v output channels
+    text_lstm_dim: int = 128  # per direction; the text features are 2x this
+    temporal_heads: int = 4
+    temporal_ffn_dim: int = 1024
+    temporal_layers: int = 2
+    dropout: float = 0.1
+    # quantizer
+    num_codes: int = 800  # K
+    preset: str = "official"  # "official" (authors' code) | "paper" (equations as printed)
+    dta: bool = True
+    csa: bool = True
+    dqa: bool = True
+    cascade: tuple[str, ...] | None = None  # CSA order; None = reversed(modalities): T->A->V, A->V
+    quantizer_overrides: Mapping[str, object] = field(default_factory=dict)  # any other QuantizerConfig field
+    # CPC
+    cpc: bool = True
+    cpc_variant: str | None = None  # None: follows preset ("official" / "paper", spec §8.9)
+    cpc_context_dim: int = 256
+    cpc_layers: int = 2
+    cpc_prediction_steps: int = 1  # H
+    cpc_self_weight: float = 0.1  # self-modal pairs (official variant only)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modalities", tuple(self.modalities))
+        unknown = [m for m in self.modalities if m not in KNOWN_MODALITIES]
+        if unknown or len(set(self.modalities)) != len(self.modalities) or not self.modalities:
+            raise ValueError(f"ModelConfig.modalities: expected distinct names from {KNOWN_MODALITIES}, "
+                             f"got {self.modalities!r}")
+        if self.video_input not in VIDEO_INPUTS:
+            raise ValueError(f"ModelConfig.video_input: expected one of {VIDEO_INPUTS}, got {self.video_input!r}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"ModelConfig.preset: expected one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.cpc_variant is None:
+            object.__setattr__(self, "cpc_variant", CPC_VARIANT_OF_PRESET[self.preset])
+        if self.cpc_variant not in CPC_VARIANTS:
+            raise ValueError(f"ModelConfig.cpc_variant: expected one of {CPC_VARIANTS}, got {self.cpc_variant!r}")
+        if self.dim % self.temporal_heads:
+            raise ValueError(f"ModelConfig: dim {self.dim} must be divisible by temporal_heads {self.temporal_heads}")
+        object.__setattr__(self, "quantizer_overrides", dict(self.quantizer_overrides))
+
+    def quantizer_config(self) -> QuantizerConfig:
+        return QuantizerConfig(
+            modalities=self.modalities, num_codes=self.num_codes, dim=self.dim, preset=self.preset,
+            dta=self.dta, csa=self.csa, dqa=self.dqa, cascade=self.cascade, **self.quantizer_overrides,
+        )
+
+    def replace(self, **changes: object) -> ModelConfig:
+        """A copy with some fields changed; a CPC variant that followed the old preset follows the new one."""
+        if "preset" in changes and "cpc_variant" not in changes:
+            if self.cpc_variant == CPC_VARIANT_OF_PRESET[self.preset]:
+                changes["cpc_variant"] = None
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class ModelOutput:
+    loss: torch.Tensor  # scalar: the training objective
+    losses: dict[str, torch.Tensor]  # "rec/<m>", "commit/<m>", "dqa", "cpc" (absent when cpc=False)
+    metrics: dict[str, torch.Tensor]  # quantizer metrics + "cpc_acc/<target><-<context>", detached
+    indices: dict[str, torch.Tensor]  # [B, T] code per frame, per modality
+
+
+class CoDAARModel(nn.Module):
+    """Encoders, cross-modal quantizer, CPC and decoders. `forward(batch)` is one pretraining step's loss.
+
+    Batch keys: "audio" [B, T, d_a]; "video" [B, T, H, W, C] (spatial) or [B, T, d_v] (vector);
+    "text" [B, T, d_text] token embeddings (the 10 tokens play the role of the T time steps).
+    """
+
+    def __init__(self, config: ModelConfig | None = None, **settings: object) -> None:
+        super().__init__()
+        if config is None:
+            config = ModelConfig(**settings)
+        elif settings:
+            config = config.replace(**settings)
+        self.config = config
+        cfg = config
+        # Construction order follows the authors' (text LSTM, quantizer, encoders, CPC, decoders).
+        self.text_lstm = TextTokenLSTM(cfg.text_dim, cfg.text_lstm_dim) if "text" in cfg.modalities else None
+        self.quantizer = CrossModalQuantizer(cfg.quantizer_config())
+        self.encoders = nn.ModuleDict({m: self._build_encoder(m) for m in cfg.modalities})
+        self.cpc = (
+            CrossModalCPC(
+                cfg.modalities, cfg.dim, cfg.cpc_context_dim, cfg.cpc_layers, cfg.cpc_prediction_steps,
+                cfg.cpc_variant, cfg.cpc_self_weight,
+            )
+            if cfg.cpc else None
+        )
+        self.decoders = nn.ModuleDict({m: self._build_decoder(m) for m in cfg.modalities})
+
+    # ------------------------------------------------------------------------------ building
+    def _input_dim(self, modality: str) -> int:
+        """Width of what the modality's encoder and decoder see per time step (text: the BiLSTM output)."""
+        cfg = self.config
+        return {"audio": cfg.audio_dim, "video": cfg.video_dim, "text": 2 * cfg.text_lstm_dim}[modality]
+
+    def _temporal(self, in_dim: int) -> TemporalModule:
+        cfg = self.config
+        return TemporalModule(in_dim, cfg.dim, cfg.temporal_heads, cfg.temporal_ffn_dim, cfg.temporal_layers,
+                              cfg.dropout)
+
+    def _build_encoder(self, modality: str) -> ModalityEncoder:
+        cfg = self.config
+        in_dim = self._input_dim(modality)
+        if modality == "video" and cfg.video_input == "spatial":
+            return ModalityEncoder(
+                ChannelGatedVideoFeatures(cfg.video_dim, cfg.video_gate_dim),
+                SpatialVideoProjection(cfg.video_dim, cfg.video_hidden_channels, cfg.video_projection_channels),
+                self._temporal(in_dim),
+            )
+        return ModalityEncoder(PassThroughFeatures(), LinearReLUProjection(in_dim, cfg.projection_dim),
+                               self._temporal(in_dim))
+
+    def _build_decoder(self, modality: str) -> nn.Module:
+        cfg = self.config
+        code_dim = len(cfg.modalities) * cfg.dim
+        if modality == "video" and cfg.video_input == "spatial":
+            return SpatialVideoDecoder(code_dim, cfg.dim, cfg.video_projection_channels, cfg.video_hidden_channels,
+                                       cfg.video_dim)
+        return VectorDecoder(code_dim, self._input_dim(modality), cfg.dim, cfg.projection_dim)
+
+    # ------------------------------------------------------------------------------- forward
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.config.modalities
+
+    def _features(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder reads (and the decoder reconstructs): the input, or for text the BiLSTM output."""
+        return self.text_lstm(x) if modality == "text" else x
+
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], *, cpc_generator: torch.Generator | None = None
+    ) -> ModelOutput:
+        """One pretraining step's loss; in training mode the quantizer also updates its codebooks.
+
+        cpc_generator: CPU generator for CPC's t* draw; None uses torch's global RNG (authors' code)."""
+        missing = [m for m in self.modalities if m not in batch]
+        if missing:
+            raise KeyError(f"CoDAARModel: batch lacks {missing}; expected keys {list(self.modalities)}")
+        reduction = self.quantizer.config.loss_reduction  # one switch for every squared error (spec §8.3)
+
+        with nvtx_range("encoders"):
+            targets = {m: self._features(m, batch[m]) for m in self.modalities}
+            latents, projections = {}, {}
+            for m in self.modalities:
+                latents[m], projections[m] = self.encoders[m](targets[m])
+
+        with nvtx_range("quantizer"):
+            quantized = self.quantizer(latents)
+
+        losses: dict[str, torch.Tensor] = {}
+        metrics = dict(quantized.metrics)
+        if self.cpc is not None:
+            with nvtx_range("cpc"):
+                cpc = self.cpc(latents, cpc_generator)  # continuous latents, not the codes (spec §4)
+            metrics.update(cpc.accuracies)
+
+        with nvtx_range("decoders"):
+            for m in self.modalities:
+                prediction = self.decoders[m](quantized.tri_code[m], projections[m])
+                losses[f"rec/{m}"] = reconstruction_loss(prediction, targets[m], reduction)
+
+        losses.update(quantized.losses)
+        if self.cpc is not None:
+            losses["cpc"] = cpc.loss
+        total = sum(losses.values())
+        return ModelOutput(loss=total, losses=losses, metrics=metrics, indices=quantized.indices)
+
+    # ----------------------------------------------------------------------------- inference
+    def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """Continuous latent z [B, T, D] of one modality (text: x are token embeddings)."""
+        if modality not in self.encoders:
+            raise KeyError(f"encode: unknown modality {modality!r}; expected one of {list(self.modalities)}")
+        return self.encoders[modality](self._features(modality, x))[0]
+
+    def codes(self, modality: str, x: torch.Tensor) -> LookupOutput:
+        """Nearest codes of one modality's input in the frozen codebook (indices, own codeword, full row).
+
+        The full row is the authors' downstream head input (spec §6.1). Never updates the codebook."""
+        return self.quantizer.lookup(modality, self.encode(modality, x))

@@ -1,0 +1,139 @@
+"""Cross-modal contrastive predictive coding (spec §4; paper Eq. 2, differences in §8.9).
+
+Each modality summarises its latents z_m [B, T, D] up to a time t* with a unidirectional LSTM and
+predicts the next H latents with one Linear per step. For an ordered pair (target x <- context y)
+the scores A[i, j] = y_x[i] . p_y[j] [B, B] are scored as an InfoNCE with the diagonal as positives.
+
+Variants:
+  "official" (authors' code): log-softmax over the predictions j for a fixed target i (rows of A);
+      every ordered cross pair with weight 1, every self pair with weight `self_weight` (0.1);
+      L = -(sum of weighted pair terms) / (B * H).
+  "paper" (Eq. 2): log-softmax over the candidate futures i for a fixed context j (columns of A);
+      cross pairs only; L = -(mean of pair terms) / (B * H).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from codaar.distributed import gather_batch
+
+VARIANTS = ("official", "paper")
+
+
+@dataclass
+class CPCOutput:
+    loss: torch.Tensor  # scalar
+    accuracies: dict[str, torch.Tensor]  # "cpc_acc/<target><-<context>": detached scalars, last prediction step
+    t_star: int  # the context's last time index used in this call
+
+
+def cpc_pairs(
+    modalities: Sequence[str], variant: str = "official", self_weight: float = 0.1
+) -> list[tuple[str, str, float]]:
+    """(target, context, weight) for every pair scored: ordered cross pairs, then self pairs (official)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"cpc_pairs: variant must be one of {VARIANTS}, got {variant!r}")
+    pairs = [(x, y, 1.0) for x, y in itertools.permutations(modalities, 2)]
+    if variant == "official" and self_weight != 0.0:
+        pairs += [(m, m, self_weight) for m in modalities]
+    return pairs
+
+
+def pair_term(targets: torch.Tensor, predictions: torch.Tensor, variant: str = "official") -> torch.Tensor:
+    """Sum over the batch of the log-probability of the matching (diagonal) entry; [B, D] each.
+
+    official: A[i, :] normalised over predictions j (fixed target i); paper: A[:, j] normalised over
+    targets i (fixed context j)."""
+    scores = targets @ predictions.T  # [B, B]: target i . prediction j
+    axis = 1 if variant == "official" else 0
+    return torch.log_softmax(scores, dim=axis).diagonal().sum()
+
+
+@torch.no_grad()
+def pair_accuracy(targets: torch.Tensor, predictions: torch.Tensor, variant: str = "official") -> torch.Tensor:
+    """Fraction of columns j whose highest-probability row is j, with A softmaxed along the axis the
+    variant normalises (official: rows, as the authors log it, spec §4.6)."""
+    scores = targets @ predictions.T
+    probs = torch.softmax(scores, dim=1 if variant == "official" else 0)
+    hits = probs.argmax(dim=0) == torch.arange(scores.shape[1], device=scores.device)
+    return hits.to(scores.dtype).mean()
+
+
+def cpc_loss(
+    targets: Mapping[str, torch.Tensor],
+    predictions: Mapping[str, torch.Tensor],
+    pairs: Sequence[tuple[str, str, float]],
+    variant: str = "official",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The CPC loss from targets / predictions per modality, each [H, B, D] (step k = 0..H-1).
+
+    Returns the loss and the accuracies of the last step per pair."""
+    steps, batch = next(iter(targets.values())).shape[:2]
+    total = None
+    accuracies = {}
+    for target, context, weight in pairs:
+        term = sum(pair_term(targets[target][k], predictions[context][k], variant) for k in range(steps))
+        total = weight * term if total is None else total + weight * term
+        accuracies[f"cpc_acc/{target}<-{context}"] = pair_accuracy(
+            targets[target][-1], predictions[context][-1], variant
+        )
+    if variant == "paper":
+        total = total / len(pairs)  # the paper averages the pair contributions; the code sums them
+    return -total / (batch * steps), accuracies
+
+
+class CrossModalCPC(nn.Module):
+    """Per modality: LSTM context network (D -> context, num_layers) and H Linear predictors."""
+
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        dim: int = 256,
+        context_dim: int = 256,
+        num_layers: int = 2,
+        prediction_steps: int = 1,
+        variant: str = "official",
+        self_weight: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.modalities = tuple(modalities)
+        self.prediction_steps = prediction_steps
+        self.variant = variant
+        self.pairs = cpc_pairs(self.modalities, variant, self_weight)
+        self.context = nn.ModuleDict(
+            {m: nn.LSTM(dim, context_dim, num_layers=num_layers, batch_first=True) for m in self.modalities}
+        )
+        self.predictors = nn.ModuleDict(
+            {m: nn.ModuleList(nn.Linear(context_dim, dim) for _ in range(prediction_steps)) for m in self.modalities}
+        )
+
+    def draw_t_star(self, steps: int, generator: torch.Generator | None = None) -> int:
+        """t* = 1 + randint(T - H - 1): one per call, shared by all samples and pairs.
+
+        Drawn on the CPU from `generator`, or from torch's global CPU RNG when None (authors' code).
+        A host integer: it picks how much of the sequence the LSTM reads."""
+        high = steps - self.prediction_steps - 1
+        if high < 1:
+            raise ValueError(f"CPC needs T >= H + 2 time steps, got T={steps}, H={self.prediction_steps}")
+        return 1 + int(torch.randint(high, (1,), generator=generator).item())
+
+    def forward(self, latents: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> CPCOutput:
+        steps = latents[self.modalities[0]].shape[1]
+        t_star = self.draw_t_star(steps, generator)
+        targets, predictions = {}, {}
+        for m in self.modalities:
+            z = latents[m]
+            context = self.context[m](z[:, : t_star + 1])[0][:, t_star]  # [B, context]: output at t*
+            targets[m] = z[:, t_star + 1 : t_star + 1 + self.prediction_steps].transpose(0, 1)  # [H, B, D]
+            predictions[m] = torch.stack([head(context) for head in self.predictors[m]])  # [H, B, D]
+        # Under DDP the other ranks' clips are negatives too: the loss is that of the global batch.
+        targets = {m: gather_batch(t, dim=1) for m, t in targets.items()}
+        predictions = {m: gather_batch(p, dim=1) for m, p in predictions.items()}
+        loss, accuracies = cpc_loss(targets, predictions, self.pairs, self.variant)
+        return CPCOutput(loss=loss, accuracies=accuracies, t_star=t_star)

@@ -1,0 +1,133 @@
+"""`python -m codaar.train`: runs, refuses to lose a run, resumes exactly after SIGKILL, and under
+DDP (2 CPU processes, gloo) one step equals the single-process step on the union of the batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from codaar import checkpoint as ckpt
+from codaar.train import main
+from codaar.train_config import build_parser, parse_config
+
+TINY = ["--dim", "32", "--num-codes", "16", "--temporal-ffn-dim", "64", "--text-lstm-dim", "16",
+        "--pretrain-clips", "120", "--batch-size", "20", "--no-progress"]
+
+
+def final_tensors(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(ckpt.resolve_checkpoint(run) / "tensors.safetensors")
+
+
+def assert_same_run(a: Path, b: Path, tol: float = 0.0) -> None:
+    ta, tb = final_tensors(a), final_tensors(b)
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        if tol == 0.0:
+            assert torch.equal(ta[key], tb[key]), key
+        else:
+            torch.testing.assert_close(ta[key], tb[key], rtol=tol, atol=tol, msg=key)
+
+
+def test_help_documents_every_option_with_its_default():
+    text = build_parser().format_help()
+    for action in build_parser()._actions:
+        if action.option_strings and action.dest not in ("help", "config"):
+            assert "(default:" in action.help, action.dest
+    assert "--num-codes" in text and "(default: 800)" in text
+
+
+def test_config_file_then_flags(tmp_path):
+    settings = tmp_path / "run.toml"
+    settings.write_text('epochs = 3\nmodalities = ["video", "audio"]\nlr = 1e-3\n')
+    cfg = parse_config(["--config", str(settings), "--lr", "2e-4"])
+    assert cfg.epochs == 3 and cfg.modalities == ("video", "audio") and cfg.lr == 2e-4
+    (tmp_path / "bad.json").write_text('{"epoch": 3}')
+    with pytest.raises(SystemExit, match="unknown settings \\['epoch'\\]"):
+        parse_config(["--config", str(tmp_path / "bad.json")])
+
+
+def test_run_summary_metrics_and_refusal_to_overwrite(tmp_path, capsys):
+    run = tmp_path / "run"
+    summary = main(TINY + ["--out", str(run), "--max-steps", "4", "--modalities", "video,audio"])
+    printed = capsys.readouterr().out
+    assert "CoDAAR pretraining: 4 steps" in printed and "index agreement video-audio" in printed
+    assert summary["steps"] == 4 and "codes_used/video" in summary
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4]
+    assert {"loss", "rec/audio", "commit/video", "dqa", "cpc", "perplexity/audio", "agreement/video-audio",
+            "cpc_acc/audio<-video", "codes_reset"} <= lines[0].keys()
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["video_input"] == "vector" and config["train"]["max_steps"] == 4
+    with pytest.raises(SystemExit, match="already holds a run"):
+        main(TINY + ["--out", str(run), "--max-steps", "4"])
+    with pytest.raises(SystemExit, match="setting 'dim' was 32"):
+        main(TINY + ["--out", str(run), "--resume", "--dim", "16", "--modalities", "video,audio"])
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    args = TINY + ["--epochs", "4", "--checkpoint-every", "2"]  # 24 steps
+    main(args + ["--out", str(tmp_path / "straight")])
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "codaar.train", *args, "--out", str(killed)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = killed / "checkpoints" / "latest"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if latest.is_file() and int(latest.read_text().strip().split("-")[1]) >= 6:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed; make it longer"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    interrupted_at = int(latest.read_text().strip().split("-")[1])
+    assert 6 <= interrupted_at < 24
+
+    result = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert_same_run(tmp_path / "straight", killed)
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 25))  # no step logged twice, none missing
+    assert (tmp_path / "straight" / "metrics.jsonl").read_text() == (killed / "metrics.jsonl").read_text()
+
+
+def test_float32_tracks_float64(tmp_path):
+    """The authors train in float64; float32 follows the same loss trajectory within noise."""
+    args = TINY + ["--epochs", "2", "--modalities", "video,audio", "--dropout", "0"]
+    main(args + ["--out", str(tmp_path / "f32")])
+    main(args + ["--out", str(tmp_path / "f64"), "--float64"])
+    read = lambda run: [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    f32, f64 = read(tmp_path / "f32"), read(tmp_path / "f64")
+    assert len(f32) == len(f64) == 12
+    for a, b in zip(f32, f64):
+        assert abs(a["loss"] - b["loss"]) <= 1e-4 * abs(b["loss"]), (a["step"], a["loss"], b["loss"])
+
+
+def torchrun(tmp_path: Path, *args: str) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "codaar.train", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_ddp_equals_single_process_and_resumes(tmp_path):
+    exact = TINY + ["--float64", "--dropout", "0", "--batch-size", "8", "--pretrain-clips", "48"]
+    main(exact + ["--out", str(tmp_path / "single"), "--max-steps", "2"])
+    torchrun(tmp_path, *exact, "--out", str(tmp_path / "ddp"), "--max-steps", "2")
+    # the two ranks' halves of each batch give the single-process step on the whole batch
+    assert_same_run(tmp_path / "single", tmp_path / "ddp", tol=1e-10)
+
+    torchrun(tmp_path, *exact, "--out", str(tmp_path / "ddp"), "--max-steps", "4", "--resume")
+    torchrun(tmp_path, *exact, "--out", str(tmp_path / "ddp_straight"), "--max-steps", "4")
+    assert_same_run(tmp_path / "ddp_straight", tmp_path / "ddp")
