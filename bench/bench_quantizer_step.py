@@ -1,8 +1,11 @@
 """One training step of the quantizer (forward, backward of its losses, state update).
 
-Contestants: our eager reference in float32 and float64, and the authors' formulation (one-hot
-[N, K] float64 matmuls, Python loops over the batch and the codes; tests/authors_formulation.py).
-Shape: the paper's (B=80 clips, T=10, three modalities, K=800, D=256).
+Contestants: `triton` (our kernels; CUDA only), our eager reference in float32 and float64, and
+`authors`: the step written the authors' way (one-hot [N, K] float64 matmuls, Python loops over
+the batch and the codes; tests/authors_formulation.py).
+Shapes: the paper's (B=80 clips, T=10, three modalities, K=800, D=256) and a scaled one
+(N = 65,536 frames, K = 8,192; CUDA only, and without the authors' contestant, whose per-clip
+Python loop and 4 GB one-hot matrices make a single step take minutes).
 
     python -m pytest bench/bench_quantizer_step.py --benchmark-columns=mean,stddev,rounds
 
@@ -14,10 +17,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+import codaar_kernels as ops
 from authors_formulation import AuthorsState, authors_step
 from codaar.quantizer import CrossModalQuantizer
 
-PAPER = dict(batch=80, frames=10, num_codes=800, dim=256)
+SHAPES = {"paper": dict(batch=80, frames=10, num_codes=800, dim=256),
+          "scaled": dict(batch=6554, frames=10, num_codes=8192, dim=256)}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -26,37 +31,47 @@ def synchronize():
         torch.cuda.synchronize()
 
 
-def make_quantizer(dtype: torch.dtype) -> CrossModalQuantizer:
+def make_quantizer(shape: dict, dtype: torch.dtype) -> CrossModalQuantizer:
     torch.manual_seed(0)
-    quantizer = CrossModalQuantizer(num_codes=PAPER["num_codes"], dim=PAPER["dim"]).to(DEVICE, dtype).train()
+    quantizer = CrossModalQuantizer(num_codes=shape["num_codes"], dim=shape["dim"]).to(DEVICE, dtype).train()
     gen = torch.Generator().manual_seed(1)
-    quantizer.set_codebooks(torch.randn(3, PAPER["num_codes"], PAPER["dim"], generator=gen).to(DEVICE, dtype))
+    quantizer.set_codebooks(torch.randn(3, shape["num_codes"], shape["dim"], generator=gen).to(DEVICE, dtype))
     return quantizer
 
 
-def make_latents(dtype: torch.dtype) -> list[torch.Tensor]:
+def make_latents(shape: dict, dtype: torch.dtype) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(2)
-    shape = (PAPER["batch"], PAPER["frames"], PAPER["dim"])
-    return [torch.randn(shape, generator=gen).to(DEVICE, dtype).requires_grad_() for _ in range(3)]
+    size = (shape["batch"], shape["frames"], shape["dim"])
+    return [torch.randn(size, generator=gen).to(DEVICE, dtype).requires_grad_() for _ in range(3)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-def test_step_eager_reference(benchmark, dtype):
-    quantizer = make_quantizer(dtype)
-    latents = dict(zip(quantizer.modalities, make_latents(dtype)))
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+@pytest.mark.parametrize("contestant", ["triton", "eager-fp32", "eager-fp64"])
+def test_step_codaar(benchmark, contestant, shape_name):
+    if contestant == "triton" and DEVICE != "cuda":
+        pytest.skip("the Triton contestant needs a CUDA device")
+    if shape_name == "scaled" and DEVICE != "cuda":
+        pytest.skip("the scaled shape needs a CUDA device")
+    shape = SHAPES[shape_name]
+    dtype = torch.float64 if contestant == "eager-fp64" else torch.float32
+    quantizer = make_quantizer(shape, dtype)
+    latents = dict(zip(quantizer.modalities, make_latents(shape, dtype)))
 
     def step():
-        quantizer(latents).loss.backward()
+        with ops.use_backend("triton" if contestant == "triton" else "eager"):
+            quantizer(latents).loss.backward()
         synchronize()
 
-    benchmark.group = "quantizer step, paper shape"
+    step()  # warm-up: compile and autotune outside the timing
+    benchmark.group = f"quantizer step, {shape_name} shape"
     benchmark.pedantic(step, rounds=10, warmup_rounds=2)
 
 
 def test_step_authors_formulation(benchmark):
-    quantizer = make_quantizer(torch.float64)
+    shape = SHAPES["paper"]
+    quantizer = make_quantizer(shape, torch.float64)
     state = AuthorsState(quantizer)
-    latents = make_latents(torch.float64)
+    latents = make_latents(shape, torch.float64)
     steps = iter(range(10**9))
 
     def step():

@@ -130,4 +130,9 @@ def authors_step(state: AuthorsState, z: list[torch.Tensor], cfg, step: int) -> 
             if cfg.reset_persistent:
                 for m in range(num_mod):
                     state.W[k, m * dim : (m + 1) * dim] = state.block(state.E, m)[k] * denominators[m][k]
-    return {"indices": indices, "cmcm": cmcm, "commit": commit, "dead": dead}
+    # what the decoders and the logs get: the full start-of-step row at each frame's own index, and
+    # perplexities from the one-hot means
+    rows = [onehots[m] @ start_E for m in range(num_mod)]
+    usage = [onehots[m].mean(dim=0) for m in range(num_mod)]
+    perplexity = [torch.exp(-torch.sum(p * torch.log(p + 1e-10))) for p in usage]
+    return {"indices": indices, "cmcm": cmcm, "commit": commit, "dead": dead, "rows": rows, "perplexity": perplexity}

@@ -11,6 +11,8 @@ from codaar.quantizer import CrossModalQuantizer
 from codaar_kernels import dispatch
 
 SETTINGS = dict(num_codes=40, dim=24, dead_after=3, active_window=2)
+# CPU under the Triton interpreter (CI); the GPU when there is one and the interpreter is off
+DEVICE = "cuda" if torch.cuda.is_available() and not dispatch.interpreter_enabled() else "cpu"
 
 
 def clustered_batches(steps, modalities, seed=0, batch=4, frames=5, dim=24):
@@ -19,7 +21,7 @@ def clustered_batches(steps, modalities, seed=0, batch=4, frames=5, dim=24):
     centres = torch.randn(8, dim, generator=gen) * 3
     for _ in range(steps):
         labels = torch.randint(0, 8, (batch, frames), generator=gen)
-        yield {m: (centres[labels] + 0.05 * torch.randn(batch, frames, dim, generator=gen)).requires_grad_()
+        yield {m: (centres[labels] + 0.05 * torch.randn(batch, frames, dim, generator=gen)).to(DEVICE).requires_grad_()
                for m in modalities}
 
 
@@ -28,7 +30,8 @@ def twin_quantizers(**settings):
     eager = CrossModalQuantizer(**{**SETTINGS, **settings})
     triton = CrossModalQuantizer(**{**SETTINGS, **settings})
     triton.load_state_dict(eager.state_dict())
-    start = torch.randn(eager.config.num_modalities, SETTINGS["num_codes"], SETTINGS["dim"]) * 3
+    eager, triton = eager.to(DEVICE), triton.to(DEVICE)
+    start = torch.randn(eager.config.num_modalities, SETTINGS["num_codes"], SETTINGS["dim"], device=DEVICE) * 3
     eager.set_codebooks(start)
     triton.set_codebooks(start)
     return eager, triton

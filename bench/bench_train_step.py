@@ -1,0 +1,23 @@
+"""One pretraining step: ours (float32, vectorised) vs the authors' way (float64, one-hot, loops,
+anomaly detection), at the default and the paper shape; see train_step_contestants.py.
+
+    python -m pytest bench/bench_train_step.py --benchmark-columns=mean,stddev,rounds
+
+Peak memory per contestant: profiles/cpu_train_step.py (one process per contestant).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from train_step_contestants import SHAPES, make_step
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("contestant", ["codaar", "authors"])
+def test_train_step(benchmark, contestant, shape):
+    torch.set_flush_denormal(True)  # as the trainer does; denormals slow both contestants alike otherwise
+    step = make_step(contestant, shape)
+    benchmark.group = f"train step, {shape} shape (B={SHAPES[shape]['batch']})"
+    benchmark.pedantic(step, rounds=3 if contestant == "authors" else 5, warmup_rounds=1)
