@@ -5,6 +5,13 @@ One training step (spec §3.13 step 2), in the authors' order:
   2. losses (commitment, DQA) and the straight-through outputs, all from that codebook;
   3. state update: DTA sums -> EMA -> E = W / C -> CSA cascade -> dead-code counters -> reset.
 
+Codebook init (`codebook_init`): the authors' tiny uniform table (`official`), or a data-dependent
+one (`kmeans`, `aligned-kmeans`) computed once from the latents of the first training call (or an
+explicit `initialize(latents)`), before its update; the `initialized` buffer records that it ran, so
+a resumed run never re-initialises. Codebook health metrics (per modality, no host sync): codes used
+in the batch, codes used within the last `active_window` updates, codes not used for more than
+`dead_after` updates (never-used included), the largest |codeword| entry.
+
 The math lives in `codaar_kernels`; this module holds the state (all of it in buffers, so a
 state_dict round-trip restores a run exactly) and the order of operations.
 """
@@ -20,11 +27,13 @@ import torch.distributed as dist
 from torch import nn
 
 import codaar_kernels as ops
+from codaar_kernels.kmeans_init import kmeans_codebook
 from codaar.distributed import active as distributed_active
 from codaar.distributed import gather_batch
 from codaar.quantizer_config import QuantizerConfig
 
 _SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio odd constant: spreads (seed, step) over the 64-bit seed space
+_INIT_STREAM = 0x5EED1717  # the data-dependent init's generator: (reset_seed, this), apart from any reset step
 
 
 def reset_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -81,7 +90,13 @@ class CrossModalQuantizer(nn.Module):
         self.register_buffer("ema_count", torch.zeros(num_mod, num_codes))  # C: EMA of the counts
         self.register_buffer("unused_steps", torch.full((num_codes,), -1, dtype=torch.long))  # U
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        # per modality: num_updates after the last update in which m chose code k (0: never chosen)
+        self.register_buffer("last_used", torch.zeros(num_mod, num_codes, dtype=torch.long))
+        # 1 once the codebook init is done (at once for `official`; data-dependent: at the first update)
+        official = config.codebook_init == "official"
+        self.register_buffer("initialized", torch.full((), int(official), dtype=torch.long))
         self._num_updates_host = 0  # mirror of num_updates, so seeding the reset never reads the device
+        self._initialized_host = official  # mirror of initialized, for the same reason
 
     # ----------------------------------------------------------------------------------- state
     def _initial_codebook(self) -> torch.Tensor:
@@ -125,8 +140,66 @@ class CrossModalQuantizer(nn.Module):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 (torch's signature)
+        # Checkpoints from before these buffers existed: official-initialised, usage unknown.
+        if prefix + "codebook" in state_dict:
+            state_dict.setdefault(prefix + "last_used", torch.zeros_like(self.last_used))
+            state_dict.setdefault(prefix + "initialized", torch.ones_like(self.initialized))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._num_updates_host = int(self.num_updates)
+        self._initialized_host = bool(self.initialized)
+
+    @property
+    def is_initialized(self) -> bool:
+        return self._initialized_host
+
+    @torch.no_grad()
+    def initialize(self, latents: Mapping[str, torch.Tensor], *, force: bool = False) -> bool:
+        """Data-dependent codebook init from {modality: [B, T, D]} (`codebook_init` kmeans / aligned-kmeans).
+
+        Runs once: returns False and changes nothing if already initialised (unless `force`) or if
+        `codebook_init` is `official`. Under torch.distributed (with `sync_distributed`) the frames of
+        all ranks are gathered, so every rank computes the init of the union batch; rank 0's result
+        is then broadcast. Draws come from a generator seeded by `reset_seed`, never the global RNG.
+
+        aligned-kmeans: k-means++ over the frames of all modalities concatenated (each modality
+        scaled by its RMS, so none dominates the distances); code k of every modality is the same
+        (sample, time) frame (or, with `init_iterations`, the mean of the same set of frames).
+        kmeans: k-means++ on each modality's own frames; indices are not aligned across modalities.
+        EMA counts = frames nearest to the code (at least 1), EMA sums = codeword x count.
+        K > distinct frames: see codaar_kernels.kmeans_init (jittered duplicates).
+        """
+        cfg = self.config
+        if cfg.codebook_init == "official" or (self._initialized_host and not force):
+            return False
+        z = self._stack_latents(latents).detach()
+        num_mod, batch, steps, dim = z.shape
+        z = z.reshape(num_mod, batch * steps, dim)
+        if cfg.sync_distributed and distributed_active():
+            z = gather_batch(z.contiguous(), dim=1)
+        generator = torch.Generator(device=z.device).manual_seed((cfg.reset_seed * _SEED_MIX + _INIT_STREAM) % (1 << 63))
+        num_codes = cfg.num_codes
+        if cfg.codebook_init == "kmeans":
+            codebooks, sizes, _, _ = kmeans_codebook(z, num_codes, generator,
+                                                     iterations=cfg.init_iterations, jitter=cfg.init_jitter)
+        else:  # aligned-kmeans
+            frames = z.shape[1]
+            scale = z.square().mean(dim=(1, 2)).sqrt().clamp(min=torch.finfo(z.dtype).tiny).view(num_mod, 1, 1)
+            joint = (z / scale).permute(1, 0, 2).reshape(1, frames, num_mod * dim)
+            centres, sizes, picks, duplicate = kmeans_codebook(joint, num_codes, generator,
+                                                               iterations=cfg.init_iterations, jitter=cfg.init_jitter)
+            codebooks = centres.view(num_codes, num_mod, dim).permute(1, 0, 2) * scale
+            if cfg.init_iterations == 0:  # the picked frames themselves, bit for bit
+                exact = ~duplicate.view(1, num_codes, 1)
+                codebooks = torch.where(exact, z[:, picks[0]], codebooks)
+            sizes = sizes.expand(num_mod, num_codes)
+        codebooks, counts = codebooks.contiguous(), sizes.clamp(min=1).contiguous()
+        if cfg.sync_distributed and distributed_active():
+            dist.broadcast(codebooks, src=0)
+            dist.broadcast(counts, src=0)
+        self.set_codebooks(codebooks.to(self.codebook.dtype), counts.to(self.ema_count.dtype))
+        self.initialized.fill_(1)
+        self._initialized_host = True
+        return True
 
     # --------------------------------------------------------------------------------- forward
     def _stack_latents(self, latents: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -151,6 +224,8 @@ class CrossModalQuantizer(nn.Module):
         """Quantize {modality: [B, T, D]}; update the codebooks if `update` (default: training, not frozen)."""
         if update is None:
             update = self.training and not self.frozen
+        if update and not self._initialized_host:
+            self.initialize(latents)  # once, from this first training batch, before its update
         cfg = self.config
         stacked = self._stack_latents(latents)
         num_mod, batch, steps, dim = stacked.shape
@@ -221,12 +296,17 @@ class CrossModalQuantizer(nn.Module):
         sums, counts = ops.dta_accumulate(z, idx, cfg.num_codes, self_weight, cross_weight,
                                           deterministic=cfg.deterministic)
         self._all_reduce_statistics(sums, counts)
-        dead, active = ops.ema_csa_update(
+        # The count floor exists only in the eager reference: with the guard on, the update runs
+        # eagerly on every device (one elementwise pass over [M, K, D]; the other kernels still dispatch).
+        guard = {"count_floor": cfg.count_floor} if cfg.count_floor > 0 else {}
+        update_fn = ops.ema_csa_update_reference if guard else ops.ema_csa_update
+        dead, active = update_fn(
             self.codebook, self.ema_sum, self.ema_count, self.unused_steps, sums, counts,
             decay=cfg.decay, eps=cfg.eps, laplace_smoothing=cfg.laplace_smoothing,
             csa_order=self._cascade, csa_persistent=cfg.csa_persistent,
-            dead_after=cfg.dead_after, active_window=cfg.active_window,
+            dead_after=cfg.dead_after, active_window=cfg.active_window, **guard,
         )
+        self.last_used.copy_(torch.where(counts > 0, self.num_updates + 1, self.last_used))
         # On the CPU a branch costs nothing; the draws depend only on (seed, step), so skipping
         # them when no code is dead changes no later result. On a GPU the masked path always runs.
         num_reset = dead.new_zeros((), dtype=torch.long)
@@ -258,7 +338,8 @@ class CrossModalQuantizer(nn.Module):
 
     @torch.no_grad()
     def _metrics(self, idx: torch.Tensor, counts: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Per-modality perplexity and codes used, per-pair index agreement, authors' equal_num."""
+        """Per-modality perplexity, codes used (batch / recent / dead), max |codeword|; per-pair index
+        agreement; authors' equal_num. All tensors: no host sync."""
         num_mod = idx.shape[0]
         if counts is None:
             counts = ops.code_counts(idx.view(num_mod, -1), self.config.num_codes, self.codebook.dtype)
@@ -266,10 +347,19 @@ class CrossModalQuantizer(nn.Module):
         ppl = ops.perplexity(counts)
         used = (counts > 0).sum(dim=1)
         agreement = ops.index_agreement(idx.view(num_mod, -1))
+        cfg = self.config
+        age = self.num_updates - self.last_used  # updates since m last chose k (meaningless if never)
+        ever = self.last_used > 0
+        recent = (ever & (age < cfg.active_window)).sum(dim=1)
+        dead = (~ever | (age > cfg.dead_after)).sum(dim=1)
+        max_abs = self.codebook.detach().abs().amax(dim=(1, 2))
         metrics = {}
         for i, m in enumerate(names):
             metrics[f"perplexity/{m}"] = ppl[i]
-            metrics[f"codes_used/{m}"] = used[i]
+            metrics[f"codes_used/{m}"] = used[i]  # in this batch
+            metrics[f"codes_recent/{m}"] = recent[i]  # chosen by m within the last active_window updates
+            metrics[f"codes_dead/{m}"] = dead[i]  # not chosen by m for more than dead_after updates, or never
+            metrics[f"max_abs_codeword/{m}"] = max_abs[i]  # largest |entry| of m's codebook, after the update
         for i, j in itertools.combinations(range(num_mod), 2):
             metrics[f"agreement/{names[i]}-{names[j]}"] = agreement[i, j]
         metrics["equal_num"] = ops.mode_agreement_count(idx)

@@ -38,7 +38,7 @@ CHOICES = {
     "commit_cross_target": ("partner_code", "same_index"),
     "loss_reduction": ("mean", "sum"),
     "decoder_code": ("own_index_row", "concat_codes"),
-    "codebook_init": ("official",),
+    "codebook_init": ("official", "kmeans", "aligned-kmeans"),
 }
 
 
@@ -71,7 +71,18 @@ class QuantizerConfig:
     active_window: int = 100  # reset sources: codes used within this many steps
     reset_noise_std: float = 0.001
     reset_seed: int = 0  # seeds the reset draws (a fresh generator per step, from seed and step)
-    codebook_init: str = "official"  # Uniform(-1/K, 1/K) drawn in float32 from torch's global RNG
+    # official: Uniform(-1/K, 1/K) drawn in float32 from torch's global RNG, EMA sums = a copy, counts 0
+    # (the authors'; collapses at step 1, see FINDINGS.md 1). kmeans: each modality's codebook from
+    # k-means++ on its own latents of the first training batch (indices not aligned). aligned-kmeans:
+    # k-means++ on the frames of all modalities concatenated; code k of every modality is the same
+    # (sample, time) frame. Both data-dependent inits run once, at the first update (or `initialize`),
+    # with EMA counts = frames per code (>= 1) and sums = codeword x count. Deviations from the authors.
+    codebook_init: str = "official"
+    init_iterations: int = 0  # Lloyd steps after the k-means++ seeding (0: codewords are the picked frames)
+    init_jitter: float = 1e-3  # K > distinct frames: duplicated picks get N(0, (jitter x RMS)^2) noise
+    # Guard (deviation from the authors, 0 = off): after the EMA a code whose count is below the floor
+    # is held at its previous codeword (count := floor, sum := codeword x floor) instead of W / ~eps.
+    count_floor: float = 0.0
     deterministic: bool = False  # on GPU: sorted (bit-reproducible) instead of atomic DTA accumulation
     sync_distributed: bool = True  # under torch.distributed, sum the step's DTA sums and counts over ranks
 
@@ -96,6 +107,9 @@ class QuantizerConfig:
             object.__setattr__(self, "dta_cross_weight", default_cross)
         if self.num_codes < 1 or self.dim < 1:
             raise ValueError(f"QuantizerConfig: num_codes and dim must be >= 1, got {self.num_codes}, {self.dim}")
+        if self.count_floor < 0 or self.init_iterations < 0 or self.init_jitter < 0:
+            raise ValueError(f"QuantizerConfig: count_floor, init_iterations and init_jitter must be >= 0, got "
+                             f"{self.count_floor}, {self.init_iterations}, {self.init_jitter}")
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"QuantizerConfig.decay: expected 0 <= decay < 1, got {self.decay}")
         for name, allowed in CHOICES.items():

@@ -66,7 +66,9 @@ def model_config(cfg: TrainConfig, data: TriModalData) -> ModelConfig:
         dim=cfg.dim, num_codes=cfg.num_codes, temporal_ffn_dim=cfg.temporal_ffn_dim,
         text_lstm_dim=cfg.text_lstm_dim, dropout=cfg.dropout, preset=cfg.preset, cpc=cfg.cpc, dta=cfg.dta,
         csa=cfg.csa, dqa=cfg.dqa, cascade=cfg.cascade,
-        quantizer_overrides={"deterministic": cfg.deterministic, "reset_seed": cfg.seed},
+        quantizer_overrides={"deterministic": cfg.deterministic, "reset_seed": cfg.seed,
+                             "codebook_init": cfg.codebook_init, "init_iterations": cfg.init_iterations,
+                             "count_floor": cfg.count_floor},
     )
 
 
@@ -260,18 +262,23 @@ class Trainer:
         for m in mods:
             summary[f"codes_used/{m}"] = int(torch.cat([u[m] for u in used]).unique().numel()) if used else 0
         summary["dead_codes_reset_last_epoch"] = int(sum(r.get("codes_reset", 0) for r in recent))
+        last = recent[-1] if recent else {}
+        window = self.model.quantizer.config.active_window
+        for m in mods:  # codebook health at the last step
+            for key in ("codes_recent", "codes_dead", "max_abs_codeword"):
+                summary[f"{key}/{m}"] = last.get(f"{key}/{m}", math.nan)
         if not self.group.is_main:
             return summary
-        window = f"mean over the last {len(recent)} steps"
         lines = [f"\nCoDAAR pretraining: {self.step} steps ({self.step / self.batches.steps_per_epoch:.1f} epochs), "
-                 f"{'/'.join(mods)}, preset {cfg.preset}, {self.dtype}, {self.group.world_size} process(es) on "
+                 f"{'/'.join(mods)}, preset {cfg.preset}, codebook init {cfg.codebook_init}, {self.dtype}, {self.group.world_size} process(es) on "
                  f"{self.device.type}, {elapsed:.0f} s ({steps_per_second:.2f} steps/s)",
-                 f"  loss {mean.get('loss', math.nan):.4f} ({window}): " + ", ".join(
+                 f"  loss {mean.get('loss', math.nan):.4f} (mean over the last {len(recent)} steps): " + ", ".join(
                      f"{k} {mean[k]:.4f}" for k in mean if k.startswith(("rec/", "commit/", "dqa", "cpc"))
                      and not k.startswith("cpc_acc"))]
         for m in mods:
             lines.append(f"  {m:<6} perplexity {mean.get(f'perplexity/{m}', math.nan):7.1f}   codes used in the "
-                         f"last epoch {summary[f'codes_used/{m}']}/{cfg.num_codes}")
+                         f"last epoch {summary[f'codes_used/{m}']}/{cfg.num_codes}, in the last {window} steps "
+                         f"{summary[f'codes_recent/{m}']:.0f}, max |codeword| {summary[f'max_abs_codeword/{m}']:.3g}")
         for a, b in itertools.combinations(mods, 2):
             lines.append(f"  index agreement {a}-{b}: {mean.get(f'agreement/{a}-{b}', math.nan):.3f} of frames")
         lines.append(f"  dead codes reset in the last epoch: {summary['dead_codes_reset_last_epoch']}")

@@ -43,6 +43,14 @@ class TrainConfig:
     dqa: bool = option(True, "DQA / CMCM loss")
     cascade: tuple[str, ...] | None = option(None, "CSA order, e.g. text,audio,video (none: T->A->V, AV: A->V)")
     deterministic: bool = option(False, "bit-reproducible (sorted) DTA accumulation on GPU")
+    codebook_init: str = option("official", "official: the authors' tiny uniform codebook (collapses at step 1 "
+                                "until the first dead-code reset); kmeans: per-modality k-means++ on the first "
+                                "batch's latents; aligned-kmeans: k-means++ on all modalities' frames together, "
+                                "code k = the same moment in every modality",
+                                choices=("official", "kmeans", "aligned-kmeans"))
+    init_iterations: int = option(0, "Lloyd iterations after the k-means++ seeding of a data-dependent init")
+    count_floor: float = option(0.0, "guard, not in the authors' code: hold a code whose EMA count is below this "
+                                "at its previous codeword instead of dividing by ~eps (0: off, as the authors)")
     # optimisation (authors' recipe, spec §5)
     epochs: int = option(12, "passes over the pretraining split (12 x 38 steps: past the first dead-code reset)")
     max_steps: int | None = option(None, "stop after this many steps (none: all epochs)")

@@ -18,6 +18,16 @@ In the authors' code CSA moves only the lookup codebook E, never W or C, so it i
 W and C every step (`csa_persistent=False`); with `csa_persistent=True` W is rewritten so that the
 moved codewords are what the EMA continues from, as the paper's text implies.
 
+Count floor (`count_floor` > 0; a deviation from the authors' code, off by default, eager only):
+a codeword whose EMA count C' falls below the floor after the EMA is held at its previous pre-CSA
+value A instead of being divided by ~eps (the authors' first-step explosion of unchosen codes):
+
+    A = W_old / C_old   where C_old >= count_floor,   else the lookup codeword E before the step
+    where C' < count_floor:   C' <- count_floor,   W' <- A * count_floor   (so W' / C' = A)
+
+This step's (small) contribution to such a code is dropped; once a code is chosen often enough
+for C' to reach the floor, it follows the ordinary EMA from A.
+
 Dead-code counters U [K] (shared by all modalities): U <- U + 1, U[k] <- 0 for every code any
 modality chose; dead = U > dead_after (their U <- 0); active = 0 <= U < active_window, not dead.
 """
@@ -55,14 +65,24 @@ def ema_csa_update_reference(
     csa_persistent: bool,
     dead_after: int,
     active_window: int,
+    count_floor: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Update E [M,K,D], W [M,K,D], C [M,K], U [K] in place; return the (dead, active) masks [K]."""
     num_codes = ema_count.shape[1]
+    if count_floor > 0:  # the codeword a below-floor code is held at (module docstring)
+        settled = (ema_count >= count_floor).unsqueeze(-1)
+        old_denom = ema_denominator(ema_count, eps, laplace_smoothing).clamp(min=count_floor).unsqueeze(-1)
+        anchor = torch.where(settled, ema_sum / old_denom, codebook)
     ema_count.copy_(decay * ema_count + (1 - decay) * counts)
     if laplace_smoothing:
         total = ema_count.sum(dim=1, keepdim=True)
         ema_count.copy_((ema_count + eps) / (total + num_codes * eps) * total)
     ema_sum.copy_(decay * ema_sum + (1 - decay) * sums)
+    if count_floor > 0:
+        low = ema_count < count_floor
+        ema_count.masked_fill_(low, count_floor)
+        floor_denom = ema_denominator(ema_count, eps, laplace_smoothing).unsqueeze(-1)
+        ema_sum.copy_(torch.where(low.unsqueeze(-1), anchor * floor_denom, ema_sum))
     denom = ema_denominator(ema_count, eps, laplace_smoothing).unsqueeze(-1)
     torch.div(ema_sum, denom, out=codebook)
     if csa_order:

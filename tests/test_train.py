@@ -75,10 +75,11 @@ def test_run_summary_metrics_and_refusal_to_overwrite(tmp_path, capsys):
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     args = TINY + ["--epochs", "4", "--checkpoint-every", "2"]  # 24 steps
-    main(args + ["--out", str(tmp_path / "straight")])
+    train = [sys.executable, "-m", "codaar.train", *args]  # both runs in fresh, identical processes
+    subprocess.run(train + ["--out", str(tmp_path / "straight")], check=True, capture_output=True, timeout=300)
 
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "codaar.train", *args, "--out", str(killed)]
+    command = train + ["--out", str(killed)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = killed / "checkpoints" / "latest"
     deadline = time.monotonic() + 240

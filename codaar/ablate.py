@@ -1,0 +1,230 @@
+"""`python -m codaar.ablate`: component, cascade-order and unimodal-baseline ablations (paper Tables 5-7).
+
+For every variant and seed: pretrain with `python -m codaar.train` (a subprocess; `--jobs` at once),
+then the clean downstream protocol (`codaar.evaluate`, AVE + AVVP, V->A and A->V plus same-modality
+references), then mean ± std over seeds in `<out>/ablation.md` and `<out>/ablation.json`.
+
+Variants (train flags):
+  full          (none)                                   the complete model
+  no-cpc        --no-cpc                                  Tables 5/6 "without CPC"
+  cpc-only      --no-dta --no-csa --no-dqa                "CPC only"
+  no-csa        --no-csa
+  no-dta        --no-dta
+  no-dqa        --no-dqa
+  unimodal      --no-dta --no-csa --no-dqa --no-cpc       baseline without any cross-modal alignment:
+                each modality quantizes its own latents into its own codebook, trained by reconstruction
+                and commitment only (no shared-index mechanism, no cross-modal loss)
+  cascade-X-Y-Z --cascade X,Y,Z                           Table 7 (CSA order)
+  init-kmeans, init-aligned-kmeans  --codebook-init ...   data-dependent codebook inits (full: the authors')
+
+Studies: components = full, no-cpc, cpc-only, no-csa, no-dta, no-dqa; cascade = every CSA order;
+unimodal = full, unimodal; inits = full, init-kmeans, init-aligned-kmeans. Runs already in `<out>/runs/<variant>/seed<seed>` are reused (delete the
+folder to retrain).
+
+Reduced version (minutes on a 2-core CPU; past the first dead-code reset at step ~301):
+  python -m codaar.ablate --variants full,no-csa,no-cpc,unimodal --seeds 43,44,45 --steps 330 \
+      --dim 64 --num-codes 128 --temporal-ffn-dim 256 --text-lstm-dim 32 --batch-size 40 \
+      --pretrain-clips 1600 --jobs 2 --out runs/ablation-small
+Full version (the trainer's defaults: K=800, D=256, 456 steps, ~4 min per run on this CPU, so ~3 h):
+  python -m codaar.ablate --studies components,cascade,unimodal --seeds 43,44,45 --out runs/ablation
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from codaar.evaluation import tables
+
+COMPONENTS = {
+    "full": [], "no-cpc": ["--no-cpc"], "cpc-only": ["--no-dta", "--no-csa", "--no-dqa"], "no-csa": ["--no-csa"],
+    "no-dta": ["--no-dta"], "no-dqa": ["--no-dqa"], "unimodal": ["--no-dta", "--no-csa", "--no-dqa", "--no-cpc"],
+    # codebook initialisation (issue "codebook health"): `full` is the authors' init
+    "init-kmeans": ["--codebook-init", "kmeans"], "init-aligned-kmeans": ["--codebook-init", "aligned-kmeans"],
+}
+SHORT = {"a": "audio", "v": "video", "t": "text"}
+
+
+def cascade_variants(modalities) -> dict[str, list[str]]:
+    return {"cascade-" + "-".join(m[0] for m in order): ["--cascade", ",".join(order)]
+            for order in itertools.permutations(modalities)}
+
+
+def variant_flags(name: str) -> list[str]:
+    if name in COMPONENTS:
+        return list(COMPONENTS[name])
+    if name.startswith("cascade-"):
+        letters = name.split("-")[1:]
+        if all(x in SHORT for x in letters):
+            return ["--cascade", ",".join(SHORT[x] for x in letters)]
+    raise SystemExit(f"--variants: unknown variant {name!r}; expected one of {sorted(COMPONENTS)} or "
+                     f"cascade-<order> such as cascade-t-a-v")
+
+
+def study_variants(studies, modalities) -> list[str]:
+    names: list[str] = []
+    for study in studies:
+        if study == "components":
+            names += ["full", "no-cpc", "cpc-only", "no-csa", "no-dta", "no-dqa"]
+        elif study == "cascade":
+            names += list(cascade_variants(modalities))
+        elif study == "unimodal":
+            names += ["full", "unimodal"]
+        elif study == "inits":
+            names += ["full", "init-kmeans", "init-aligned-kmeans"]
+        else:
+            raise SystemExit(f"--studies: unknown study {study!r}; expected components, cascade, unimodal, inits")
+    return list(dict.fromkeys(names))
+
+
+def train_run(out: Path, flags: list[str], seed: int, size: list[str], log) -> Path:
+    run = out / "runs" / flags[0] / f"seed{seed}"
+    if (run / "checkpoints" / "latest").is_file():
+        log(f"reusing {run}")
+        return run
+    if run.exists():  # an interrupted run: start over
+        import shutil
+
+        shutil.rmtree(run)
+    run.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "codaar.train", "--out", str(run), "--seed", str(seed), "--no-progress",
+           *size, *flags[1:]]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    started = time.perf_counter()
+    with open(run.parent / f"seed{seed}.log", "w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    if rc != 0:
+        raise SystemExit(f"training failed (exit {rc}): {' '.join(cmd)}; see {run.parent / f'seed{seed}.log'}")
+    log(f"trained {run} in {time.perf_counter() - started:.0f} s")
+    return run
+
+
+def final_agreement(run: Path, window: int = 50) -> dict[str, float]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()[-window:]
+    records = [json.loads(x) for x in lines if x.strip()]
+    keys = [k for k in records[-1] if k.startswith("agreement/")] if records else []
+    return {k: float(np.mean([r[k] for r in records])) for k in keys}
+
+
+def score_run(run: Path, ave_epochs: int | None, avvp_epochs: int | None, tasks) -> dict:
+    from codaar.evaluate import evaluate
+
+    result = evaluate(run, protocols=("clean",), tasks=tasks, directions=[("video", "audio"), ("audio", "video")],
+                      ave={"epochs": ave_epochs}, avvp={"epochs": avvp_epochs}, plots=False, log=lambda s: None)
+    row = {}
+    for task, keys in (("ave", ("precision", "accuracy")), ("avvp", ("precision", "f1"))):
+        if task not in result["clean"]:
+            continue
+        for s, t in (("video", "audio"), ("audio", "video"), ("video", "video"), ("audio", "audio")):
+            for key in keys:
+                row[f"{task} {key} {tables.arrow(s, t)}"] = result["clean"][task][s][t][key]
+    row.update(final_agreement(run))
+    return row
+
+
+MAIN_COLUMNS = ["ave precision V->A", "ave precision A->V", "avvp precision V->A", "avvp precision A->V"]
+
+
+def summarise(rows: dict[str, list[dict]]) -> tuple[str, dict]:
+    summary = {}
+    for variant, per_seed in rows.items():
+        keys = list(per_seed[0])
+        summary[variant] = {k: {"mean": float(np.mean([r[k] for r in per_seed])),
+                                "std": float(np.std([r[k] for r in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0,
+                                "values": [r[k] for r in per_seed]} for k in keys}
+        main = [np.mean([r[k] for k in MAIN_COLUMNS if k in r]) for r in per_seed]
+        summary[variant]["avg"] = {"mean": float(np.mean(main)),
+                                   "std": float(np.std(main, ddof=1)) if len(main) > 1 else 0.0, "values": main}
+    columns = [c for c in MAIN_COLUMNS if any(c in s for s in summary.values())] + ["avg"]
+    extra = sorted({k for s in summary.values() for k in s} - set(columns))
+    header = ["variant", "seeds"] + [c.replace("precision ", "").upper() for c in columns]
+    body = [[v, str(len(rows[v]))] + [tables.fmt(s[c]["mean"], s[c]["std"]) if c in s else "-" for c in columns]
+            for v, s in summary.items()]
+    text = tables.markdown("Ablation (Tables 5-7 layout): cross-modal transfer, mean ± std over seeds", header, body, [
+        "AVE: the authors' batch-wise macro precision (%); AVVP: precision at 0.5 over segment x class cells (%); "
+        "clean protocol (encoder eval mode, val-split selection on the source modality, held-out test split).",
+        "'V->A': head trained on video codes, scored on audio codes."])
+    header2 = ["variant"] + extra
+    fmt2 = (lambda c, s: tables.fmt(s[c]["mean"], s[c]["std"], 3 if c.startswith("agreement") else 1))
+    body2 = [[v] + [fmt2(c, s) if c in s else "-" for c in extra] for v, s in summary.items()]
+    text += "\n" + tables.markdown("Accuracy, F1, same-modality references and final index agreement",
+                                   header2, body2, ["agreement/<a>-<b>: share of frames where the two modalities "
+                                                    "pick the same code, mean of the last 50 training steps"])
+    return text, summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m codaar.ablate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--studies", default="components,unimodal", help="comma-separated: components,cascade,unimodal,inits")
+    p.add_argument("--variants", help="explicit comma-separated variants instead of --studies")
+    p.add_argument("--seeds", default="43,44,45")
+    p.add_argument("--modalities", default="video,audio,text")
+    p.add_argument("--steps", type=int, help="pretraining steps (none: the trainer's default epochs)")
+    p.add_argument("--dim", type=int)
+    p.add_argument("--num-codes", type=int)
+    p.add_argument("--temporal-ffn-dim", type=int)
+    p.add_argument("--text-lstm-dim", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--pretrain-clips", type=int)
+    p.add_argument("--train-args", default="", help="extra flags for codaar.train, e.g. '--data-preset avvp'")
+    p.add_argument("--ave-epochs", type=int, help="AVE head epochs (default 30)")
+    p.add_argument("--avvp-epochs", type=int, help="AVVP head epochs (default 50)")
+    p.add_argument("--tasks", default="ave,avvp")
+    p.add_argument("--jobs", type=int, default=1, help="trainings at once (each single-threaded when > 1)")
+    p.add_argument("--out", default="runs/ablation")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    modalities = tuple(args.modalities.split(","))
+    variants = args.variants.split(",") if args.variants else study_variants(args.studies.split(","), modalities)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise SystemExit(f"--seeds: expected comma-separated integers, found {args.seeds!r}") from None
+    size = ["--modalities", args.modalities]
+    for flag, value in (("--max-steps", args.steps), ("--dim", args.dim), ("--num-codes", args.num_codes),
+                        ("--temporal-ffn-dim", args.temporal_ffn_dim), ("--text-lstm-dim", args.text_lstm_dim),
+                        ("--batch-size", args.batch_size), ("--pretrain-clips", args.pretrain_clips)):
+        if value is not None:
+            size += [flag, str(value)]
+    size += args.train_args.split()
+    if args.steps is not None:  # enough epochs for the requested steps
+        size += ["--epochs", "1000"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    jobs = [(v, s) for v in variants for s in seeds]
+    flags = {v: [v, *variant_flags(v)] for v in variants}
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        runs = dict(zip(jobs, pool.map(lambda job: train_run(out, flags[job[0]], job[1], size, log), jobs)))
+    tasks = tuple(args.tasks.split(","))
+    rows: dict[str, list[dict]] = {v: [] for v in variants}
+    for (v, s), run in runs.items():
+        started = time.perf_counter()
+        row = score_run(run, args.ave_epochs, args.avvp_epochs, tasks)
+        rows[v].append(dict(row))
+        log(f"scored {v} seed {s} in {time.perf_counter() - started:.0f} s: " +
+            ", ".join(f"{k} {row[k]:.1f}" for k in MAIN_COLUMNS if k in row))
+    text, summary = summarise(rows)
+    command = "python -m codaar.ablate " + " ".join(argv if argv is not None else sys.argv[1:])
+    payload = {"command": command, "train_flags": size, "variants": {v: flags[v][1:] for v in variants},
+               "seeds": seeds, "summary": summary, "per_seed": rows}
+    tables.write(out, "ablation", text + f"\ncommand: `{command}`\n", payload)
+    print(text)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

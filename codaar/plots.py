@@ -1,0 +1,126 @@
+"""PNG plots of a pretrained model: codebook usage per modality, cross-modal index agreement over
+training (from the run's metrics.jsonl), and a 2-D PCA of same-index codewords of the codebooks.
+
+Needs matplotlib (Agg backend, no display).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+COLORS = {"audio": "tab:blue", "video": "tab:orange", "text": "tab:green"}
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("plots need matplotlib: pip install matplotlib (or pass --no-plots)") from None
+    return plt
+
+
+def test_indices(pretrained, data) -> dict[str, np.ndarray]:
+    from codaar.evaluation.features import code_features
+
+    clips = np.asarray(data.split("test") if "test" in data.splits else np.arange(min(500, data.num_clips)))
+    return {m: code_features(pretrained.model, data, m, clips)["indices"].numpy().ravel() for m in pretrained.modalities}
+
+
+def plot_usage(indices: dict[str, np.ndarray], num_codes: int, path: Path) -> Path:
+    """Per modality: how often each code is picked on the test clips, codes sorted by frequency."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for m, idx in indices.items():
+        counts = np.sort(np.bincount(idx, minlength=num_codes))[::-1]
+        used = int((counts > 0).sum())
+        ax.plot(np.arange(1, num_codes + 1), counts / max(counts.sum(), 1), color=COLORS[m],
+                label=f"{m}: {used}/{num_codes} codes used")
+    ax.set_xscale("log")
+    ax.set_xlabel("code rank (by frequency)")
+    ax.set_ylabel("share of test frames")
+    ax.set_title("Codebook usage per modality (test split)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_agreement(metrics_path: Path, path: Path) -> Path | None:
+    """agreement/<a>-<b> (share of frames where two modalities pick the same code) and codes used over steps."""
+    if not metrics_path.is_file():
+        return None
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    if not records:
+        return None
+    plt = _pyplot()
+    steps = [r["step"] for r in records]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in sorted({k for r in records for k in r if k.startswith("agreement/")}):
+        ax1.plot(steps, [r.get(key, np.nan) for r in records], label=key.split("/", 1)[1])
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("same-index share of frames")
+    ax1.set_title("Cross-modal index agreement")
+    ax1.legend()
+    for key in sorted({k for r in records for k in r if k.startswith("codes_used/")}):
+        ax2.plot(steps, [r.get(key, np.nan) for r in records], label=key.split("/", 1)[1],
+                 color=COLORS.get(key.split("/", 1)[1]))
+    resets = [r["step"] for r in records if r.get("codes_reset", 0) > 0]
+    for s in resets[:50]:
+        ax2.axvline(s, color="grey", alpha=0.2, lw=0.8)
+    ax2.set_xlabel("step (grey: dead-code resets)")
+    ax2.set_ylabel("codes used in the batch")
+    ax2.set_title("Codes used per modality")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_pca(codebooks: torch.Tensor, modalities, used: np.ndarray, path: Path, max_codes: int = 200) -> Path:
+    """2-D PCA (one projection fitted on all modalities' codewords) of the codes in `used`; the same
+    index in the different codebooks is joined by a grey line (short lines = aligned codebooks)."""
+    plt = _pyplot()
+    books = codebooks.detach().double().cpu().numpy()  # [M, K, D]
+    codes = np.asarray(used)[:max_codes]
+    points = books[:, codes]  # [M, n, D]
+    flat = points.reshape(-1, points.shape[-1])
+    centred = flat - flat.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = (centred @ vt[:2].T).reshape(len(modalities), len(codes), 2)
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for i in range(len(codes)):
+        ax.plot(xy[:, i, 0], xy[:, i, 1], color="grey", alpha=0.3, lw=0.7)
+    for j, m in enumerate(modalities):
+        ax.scatter(xy[j, :, 0], xy[j, :, 1], s=12, color=COLORS[m], label=m)
+    ax.set_title(f"PCA of same-index codewords ({len(codes)} codes used on the test split)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_all(pretrained, data, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    indices = test_indices(pretrained, data)
+    model = pretrained.model
+    written = [plot_usage(indices, model.config.num_codes, out / "codebook_usage.png")]
+    run_dir = Path(pretrained.path).parent.parent
+    agreement = plot_agreement(run_dir / "metrics.jsonl", out / "index_agreement.png")
+    if agreement is not None:
+        written.append(agreement)
+    used = np.unique(np.concatenate(list(indices.values())))
+    written.append(plot_pca(model.quantizer.codebooks, model.modalities, used, out / "codebook_pca.png"))
+    return written
+
+
+__all__ = ["plot_usage", "plot_agreement", "plot_pca", "plot_all", "test_indices"]

@@ -1,0 +1,30 @@
+"""The ablation runner on a micro configuration: trains, scores, and writes its tables."""
+
+import json
+
+import pytest
+
+from codaar import ablate
+
+
+def test_variant_flags_and_studies():
+    assert ablate.variant_flags("unimodal") == ["--no-dta", "--no-csa", "--no-dqa", "--no-cpc"]
+    assert ablate.variant_flags("cascade-a-v-t") == ["--cascade", "audio,video,text"]
+    assert len(ablate.study_variants(["cascade"], ("video", "audio", "text"))) == 6
+    with pytest.raises(SystemExit, match="unknown variant"):
+        ablate.variant_flags("no-such")
+
+
+def test_micro_ablation_writes_tables(tmp_path):
+    out = tmp_path / "abl"
+    payload = ablate.main(["--variants", "full,no-csa", "--seeds", "1", "--steps", "2", "--dim", "16",
+                           "--num-codes", "8", "--temporal-ffn-dim", "32", "--text-lstm-dim", "8",
+                           "--batch-size", "20", "--pretrain-clips", "40", "--ave-epochs", "1",
+                           "--avvp-epochs", "1", "--jobs", "2", "--out", str(out)])
+    assert set(payload["summary"]) == {"full", "no-csa"}
+    text = (out / "ablation.md").read_text()
+    assert "| full | 1 |" in text and "| no-csa | 1 |" in text and "AVE V->A" in text
+    saved = json.loads((out / "ablation.json").read_text())
+    assert saved["variants"]["no-csa"] == ["--no-csa"]
+    assert 0 <= saved["summary"]["full"]["ave precision V->A"]["mean"] <= 100
+    assert (out / "runs" / "no-csa" / "seed1" / "checkpoints" / "latest").is_file()
