@@ -73,22 +73,23 @@ def model_config(cfg: TrainConfig, data: TriModalData) -> ModelConfig:
 
 
 class EpochBatches:
-    """The clips of each step: a permutation of the split per epoch, cut into global batches, of
-    which each rank takes an equal contiguous share (a batch that does not split evenly is skipped)."""
+    """Which clips each step reads: a permutation of the split per epoch, cut into global batches, of
+    which each rank takes an equal contiguous share (a batch that does not split evenly is skipped).
+    Clips are given as positions within the split."""
 
-    def __init__(self, clips: np.ndarray, cfg: TrainConfig, group: distributed.ProcessGroup):
-        self.clips, self.cfg, self.group = clips, cfg, group
+    def __init__(self, num_clips: int, cfg: TrainConfig, group: distributed.ProcessGroup):
+        self.num_clips, self.cfg, self.group = num_clips, cfg, group
         if cfg.batch_size % group.world_size:
             raise SystemExit(f"--batch-size {cfg.batch_size} must split evenly over {group.world_size} processes")
-        full, rest = divmod(len(clips), cfg.batch_size)
+        full, rest = divmod(num_clips, cfg.batch_size)
         keep_rest = rest and not cfg.drop_last and rest % group.world_size == 0
         self.steps_per_epoch = full + bool(keep_rest)
         if self.steps_per_epoch == 0:
-            raise SystemExit(f"split has {len(clips)} clips, fewer than one batch of {cfg.batch_size}")
+            raise SystemExit(f"split has {num_clips} clips, fewer than one batch of {cfg.batch_size}")
 
     def __call__(self, epoch: int, first_step: int = 0) -> list[np.ndarray]:
         generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, 1, epoch))
-        order = self.clips[torch.randperm(len(self.clips), generator=generator).numpy()]
+        order = torch.randperm(self.num_clips, generator=generator).numpy()
         batches = []
         for step in range(first_step, self.steps_per_epoch):
             batch = order[step * self.cfg.batch_size : (step + 1) * self.cfg.batch_size]
@@ -111,7 +112,7 @@ class Trainer:
         torch.set_flush_denormal(True)  # the authors' tiny init makes denormals, 30x slower on CPUs
 
         self.data = load_data(cfg)
-        self.batches = EpochBatches(np.asarray(self.data.split(cfg.split)), cfg, group)
+        self.batches = EpochBatches(len(self.data.split(cfg.split)), cfg, group)
         self.total_steps = cfg.epochs * self.batches.steps_per_epoch
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -180,8 +181,8 @@ class Trainer:
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
     # ------------------------------------------------------------------------------ steps
-    def _batch(self, clips: np.ndarray) -> dict[str, torch.Tensor]:
-        items = self.dataset.__getitems__(np.searchsorted(self.dataset.indices, clips))
+    def _batch(self, positions: np.ndarray) -> dict[str, torch.Tensor]:
+        items = self.dataset.__getitems__(positions)
         pin = self.device.type == "cuda"
         batch = {}
         for m in self.cfg.modalities:
@@ -189,13 +190,14 @@ class Trainer:
             batch[m] = (stacked.pin_memory() if pin else stacked).to(self.device, non_blocking=True)
         return batch
 
-    def train_step(self, clips: np.ndarray) -> dict[str, torch.Tensor]:
+    def train_step(self, positions: np.ndarray) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """One optimisation step on the clips at these positions of the split: (logged values, indices)."""
         cfg = self.cfg
         torch.manual_seed(derived_seed(cfg.seed, 2, self.group.rank, self.step))  # dropout of this step
         cpc_generator = torch.Generator().manual_seed(derived_seed(cfg.seed, 3, self.step))  # same on all ranks
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(cfg, self.step // self.batches.steps_per_epoch)
-        batch = self._batch(clips)
+        batch = self._batch(positions)
         model = self.ddp or self.model
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda"):
             out = model(batch, cpc_generator=cpc_generator)
@@ -220,10 +222,10 @@ class Trainer:
         try:
             while self.step < self.total_steps:
                 epoch, position = divmod(self.step, self.batches.steps_per_epoch)
-                for clips in self.batches(epoch, position):
+                for positions in self.batches(epoch, position):
                     if self.step >= self.total_steps:
                         break
-                    values, indices = self.train_step(clips)
+                    values, indices = self.train_step(positions)
                     self.step += 1
                     record = {"step": self.step, "epoch": epoch, "lr": lr_at(cfg, epoch),
                               **{k: float(v) for k, v in values.items()}}
