@@ -109,24 +109,33 @@ def train_run(out: Path, flags: list[str], seed: int, size: list[str], log) -> P
 
 
 def final_agreement(run: Path, window: int = 50) -> dict[str, float]:
+    """Index agreement per pair (mean of the last `window` steps) and codebook usage at the end:
+    codes each modality used within the quantizer's active window (100 updates)."""
     lines = (run / "metrics.jsonl").read_text().splitlines()[-window:]
     records = [json.loads(x) for x in lines if x.strip()]
-    keys = [k for k in records[-1] if k.startswith("agreement/")] if records else []
-    return {k: float(np.mean([r[k] for r in records])) for k in keys}
+    if not records:
+        return {}
+    row = {k: float(np.mean([r[k] for r in records])) for k in records[-1] if k.startswith("agreement/")}
+    row.update({k: float(v) for k, v in records[-1].items() if k.startswith("codes_recent/")})
+    return row
 
 
 def score_run(run: Path, ave_epochs: int | None, avvp_epochs: int | None, tasks) -> dict:
     from codaar.evaluate import evaluate
 
-    result = evaluate(run, protocols=("clean",), tasks=tasks, directions=[("video", "audio"), ("audio", "video")],
+    modalities = json.loads((run / "config.json").read_text())["train"]["modalities"]
+    directions = [(s, t) for s in modalities for t in modalities if s != t]  # with text: T->A, A->T, ...
+    result = evaluate(run, protocols=("clean",), tasks=tasks, directions=directions,
                       ave={"epochs": ave_epochs}, avvp={"epochs": avvp_epochs}, plots=False, log=lambda s: None)
     row = {}
     for task, keys in (("ave", ("precision", "accuracy")), ("avvp", ("precision", "f1"))):
         if task not in result["clean"]:
             continue
-        for s, t in (("video", "audio"), ("audio", "video"), ("video", "video"), ("audio", "audio")):
-            for key in keys:
-                row[f"{task} {key} {tables.arrow(s, t)}"] = result["clean"][task][s][t][key]
+        pairs = directions + [("video", "video"), ("audio", "audio")]
+        for s, t in pairs:
+            if s in result["clean"][task] and t in result["clean"][task][s]:
+                for key in keys:
+                    row[f"{task} {key} {tables.arrow(s, t)}"] = result["clean"][task][s][t][key]
     row.update(final_agreement(run))
     return row
 
