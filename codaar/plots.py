@@ -1,5 +1,6 @@
 """PNG plots of a pretrained model: codebook usage per modality, cross-modal index agreement over
-training (from the run's metrics.jsonl), and a 2-D PCA of same-index codewords of the codebooks.
+training and codebook health over training (both from the run's metrics.jsonl), and a 2-D PCA of
+same-index codewords of the codebooks.
 
 Needs matplotlib (Agg backend, no display).
 """
@@ -53,11 +54,15 @@ def plot_usage(indices: dict[str, np.ndarray], num_codes: int, path: Path) -> Pa
     return path
 
 
+def _records(metrics_path: Path) -> list[dict]:
+    if not metrics_path.is_file():
+        return []
+    return [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+
+
 def plot_agreement(metrics_path: Path, path: Path) -> Path | None:
     """agreement/<a>-<b> (share of frames where two modalities pick the same code) and codes used over steps."""
-    if not metrics_path.is_file():
-        return None
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    records = _records(metrics_path)
     if not records:
         return None
     plt = _pyplot()
@@ -78,6 +83,37 @@ def plot_agreement(metrics_path: Path, path: Path) -> Path | None:
     ax2.set_xlabel("step (grey: dead-code resets)")
     ax2.set_ylabel("codes used in the batch")
     ax2.set_title("Codes used per modality")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_health(metrics_path: Path, path: Path) -> Path | None:
+    """Per modality over training: codes used within the last 100 updates, codes unused for more than
+    the dead-code threshold, and the largest |codeword| entry (log scale: the authors' init explodes)."""
+    records = _records(metrics_path)
+    keys = sorted({k for r in records for k in r if k.startswith(("codes_recent/", "codes_dead/", "max_abs_codeword/"))})
+    if not keys:
+        return None  # a run from before these metrics existed
+    plt = _pyplot()
+    steps = [r["step"] for r in records]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in keys:
+        kind, m = key.split("/", 1)
+        axis = ax2 if kind == "max_abs_codeword" else ax1
+        style = "--" if kind == "codes_dead" else "-"
+        label = m if kind != "codes_dead" else f"{m} (dead)"
+        axis.plot(steps, [r.get(key, np.nan) for r in records], style, label=label, color=COLORS.get(m))
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("codes")
+    ax1.set_title("Codes used in the last 100 steps (solid), dead codes (dashed)")
+    ax1.legend(fontsize=8)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("max |codeword entry|")
+    ax2.set_title("Largest codeword entry per modality")
     ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -115,12 +151,13 @@ def plot_all(pretrained, data, out: Path) -> list[Path]:
     model = pretrained.model
     written = [plot_usage(indices, model.config.num_codes, out / "codebook_usage.png")]
     run_dir = Path(pretrained.path).parent.parent
-    agreement = plot_agreement(run_dir / "metrics.jsonl", out / "index_agreement.png")
-    if agreement is not None:
-        written.append(agreement)
+    for plot, name in ((plot_agreement, "index_agreement.png"), (plot_health, "codebook_health.png")):
+        made = plot(run_dir / "metrics.jsonl", out / name)
+        if made is not None:
+            written.append(made)
     used = np.unique(np.concatenate(list(indices.values())))
     written.append(plot_pca(model.quantizer.codebooks, model.modalities, used, out / "codebook_pca.png"))
     return written
 
 
-__all__ = ["plot_usage", "plot_agreement", "plot_pca", "plot_all", "test_indices"]
+__all__ = ["plot_usage", "plot_agreement", "plot_health", "plot_pca", "plot_all", "test_indices"]

@@ -163,7 +163,7 @@ def test_cli_end_to_end(run_dir, tmp_path):
     assert "| AVE V->A | AVE A->V |" in text.replace("method ", "").replace("| method", "|")
     result = json.loads((out / "tables.json").read_text())
     assert set(result["clean"]["ave"]["video"]) == {"video", "audio", "text"}
-    for png in ("codebook_usage.png", "index_agreement.png", "codebook_pca.png"):
+    for png in ("codebook_usage.png", "index_agreement.png", "codebook_health.png", "codebook_pca.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     bad = subprocess.run([sys.executable, "-m", "codaar.evaluate", str(tmp_path / "nothing")],
                          capture_output=True, text=True, timeout=60)
