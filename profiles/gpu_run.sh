@@ -8,7 +8,7 @@ mkdir -p "$out"
 export TRITON_INTERPRET=0 CODAAR_BACKEND=auto PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$out/gpu.csv"
 python -m pytest tests/test_kernel_assign.py tests/test_kernel_soft_usage.py tests/test_kernel_dta_accumulate.py \
-    tests/test_kernel_ema_csa_update.py tests/test_quantizer_kernels.py -q -p no:cacheprovider 2>&1 \
+    tests/test_kernel_ema_csa_update.py tests/test_quantizer_kernels.py tests/test_gpu_sync.py -q -p no:cacheprovider 2>&1 \
     | tee "$out/equivalence.txt"
 python -m pytest bench/bench_kernels.py bench/bench_quantizer_step.py -q -p no:cacheprovider \
     --benchmark-json "$out/bench.json" --benchmark-columns=mean,stddev,rounds --benchmark-group-by=group 2>&1 \
