@@ -6,20 +6,19 @@ folder name) is replaced atomically after that, so a run killed at any instant l
 previous checkpoint or the new one, never half of one.
 
 What goes in: the model's state_dict (the quantizer's codebooks, EMA sums and counts, dead-code
-counters and update count are buffers in it), the optimizer's state, the LR schedule, the step,
-and the RNG states (torch, CUDA, numpy, Python), so that a resumed run continues exactly.
+counters and update count are buffers in it), the optimizer's state and the step. No RNG state is
+needed: the trainer derives every step's random draws from (seed, rank, step), so a resumed run
+continues exactly.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -55,32 +54,6 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     for param_id, values in meta["plain_state"].items():
         state.setdefault(int(param_id), {}).update(values)
     return {"state": state, "param_groups": meta["param_groups"]}
-
-
-# ------------------------------------------------------------------------------------ RNG
-def capture_rng() -> tuple[dict[str, torch.Tensor], dict]:
-    tensors = {"rng/torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng/cuda/{i}"] = state
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    python_state = random.getstate()
-    meta = {
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-        "python": [python_state[0], list(python_state[1]), python_state[2]],
-    }
-    return tensors, meta
-
-
-def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    torch.set_rng_state(tensors["rng/torch"])
-    cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng/cuda/"))]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
-    kind, keys, pos, has_gauss, gauss = meta["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = meta["python"]
-    random.setstate((version, tuple(internal), gauss_next))
 
 
 # ------------------------------------------------------------------------------ save / load

@@ -31,8 +31,8 @@ from codaar_kernels.kmeans_init import kmeans_codebook
 from codaar.distributed import active as distributed_active
 from codaar.distributed import gather_batch
 from codaar.quantizer_config import QuantizerConfig
+from codaar.seeding import SEED_MIX
 
-_SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio odd constant: spreads (seed, step) over the 64-bit seed space
 _INIT_STREAM = 0x5EED1717  # the data-dependent init's generator: (reset_seed, this), apart from any reset step
 
 
@@ -42,7 +42,7 @@ def reset_generator(seed: int, step: int, device: torch.device | str = "cpu") ->
     A fresh generator per step, seeded from (seed, step): the draws need no stored RNG state, are
     the same on every DDP rank, and a resumed run draws exactly what an uninterrupted one would.
     """
-    return torch.Generator(device=device).manual_seed((seed * _SEED_MIX + step) % (1 << 63))
+    return torch.Generator(device=device).manual_seed((seed * SEED_MIX + step) % (1 << 63))
 
 
 @dataclass
@@ -80,7 +80,7 @@ class CrossModalQuantizer(nn.Module):
             config = config.replace(**settings)
         self.config = config
         self.frozen = False
-        num_mod, num_codes, dim = config.num_modalities, config.num_codes, config.dim
+        num_mod, num_codes = config.num_modalities, config.num_codes
         self._position = {name: m for m, name in enumerate(config.modalities)}
         self._cascade = [self._position[name] for name in config.cascade] if config.csa else []
 
@@ -176,7 +176,7 @@ class CrossModalQuantizer(nn.Module):
         z = z.reshape(num_mod, batch * steps, dim)
         if cfg.sync_distributed and distributed_active():
             z = gather_batch(z.contiguous(), dim=1)
-        generator = torch.Generator(device=z.device).manual_seed((cfg.reset_seed * _SEED_MIX + _INIT_STREAM) % (1 << 63))
+        generator = reset_generator(cfg.reset_seed, _INIT_STREAM, z.device)  # a stream no reset step uses
         num_codes = cfg.num_codes
         if cfg.codebook_init == "kmeans":
             codebooks, sizes, _, _ = kmeans_codebook(z, num_codes, generator,

@@ -31,18 +31,8 @@ from codaar.data import TriModalData, build_synthetic, load_dataset, synthetic_c
 from codaar.data.loader import TriModalDataset
 from codaar.model import CoDAARModel, ModelConfig
 from codaar.model.nvtx import nvtx_range
+from codaar.seeding import derived_seed
 from codaar.train_config import TrainConfig, parse_config
-
-_MIX = 0x9E3779B97F4A7C15
-
-
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (seed, purpose, rank, step, ...)."""
-    value = 0
-    for part in parts:
-        value = (value * _MIX + part + 1) % (1 << 63)
-    return value
-
 
 # ----------------------------------------------------------------------------------- data
 def load_data(cfg: TrainConfig) -> TriModalData:

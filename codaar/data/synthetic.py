@@ -320,15 +320,21 @@ def _metadata(cfg: SyntheticConfig):
     return names, prompts, text, splits, info, label_classes, clip_ids
 
 
-def build_synthetic(config: SyntheticConfig | None = None, **overrides) -> TriModalData:
-    """The built-in data set in memory. ``build_synthetic()`` is the trainer's default;
-    ``build_synthetic(preset="avvp", seed=3)`` or ``build_synthetic(cfg)`` select others.
-    (The paper preset is ~3 GB; prefer `write_synthetic` + `load_dataset` for it.)"""
+def _resolve_config(config: SyntheticConfig | None, overrides: dict) -> SyntheticConfig:
+    """The preset's config (or the given one) with the overrides applied, checked."""
     if config is None:
         config = synthetic_config(**overrides)
     elif overrides:
         config = dataclasses.replace(config, **overrides)
     config.check()
+    return config
+
+
+def build_synthetic(config: SyntheticConfig | None = None, **overrides) -> TriModalData:
+    """The built-in data set in memory. ``build_synthetic()`` is the trainer's default;
+    ``build_synthetic(preset="avvp", seed=3)`` or ``build_synthetic(cfg)`` select others.
+    (The paper preset is ~3 GB; prefer `write_synthetic` + `load_dataset` for it.)"""
+    config = _resolve_config(config, overrides)
     world = _make_world(config)
     n, t_len = config.num_clips, config.segments
     audio = np.empty((n, t_len, config.audio_dim), config.dtype)
@@ -353,11 +359,7 @@ def write_synthetic(out, config: SyntheticConfig | None = None, overwrite: bool 
     written data set opened lazily."""
     from numpy.lib.format import open_memmap
 
-    if config is None:
-        config = synthetic_config(**overrides)
-    elif overrides:
-        config = dataclasses.replace(config, **overrides)
-    config.check()
+    config = _resolve_config(config, overrides)
     world = _make_world(config)
     n, t_len = config.num_clips, config.segments
     names, prompts, text, splits, info, label_classes, clip_ids = _metadata(config)
