@@ -1,6 +1,7 @@
 """One pretraining step (forward, backward, per-module clipping, Adam) two ways, for bench/ and profiles/.
 
-- `codaar`: our model and trainer step, float32, the vectorised quantizer.
+- `codaar`: our model and trainer step, float32, the vectorised quantizer (Triton kernels on CUDA).
+- `codaar-graph` (CUDA only): the same step captured in a CUDA graph (codaar/graph_step.py).
 - `authors`: the same model in float64 with the quantizer step written the authors' way
   (tests/authors_formulation.py: one-hot [N, K] matmuls, a Python loop over the batch for CMCM,
   per-element dead-code bookkeeping) and autograd anomaly detection on, as in their script (spec §5, §9).
@@ -22,6 +23,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from authors_formulation import AuthorsState, authors_step  # noqa: E402
+from codaar.graph_step import GraphedTrainStep  # noqa: E402
 from codaar.model import CoDAARModel, ModelConfig  # noqa: E402
 
 SHAPES = {
@@ -66,12 +68,12 @@ class AuthorsQuantizer(nn.Module):
                        sum(losses.values()), losses, metrics)
 
 
-def make_step(contestant: str, shape: str):
+def make_step(contestant: str, shape: str, device: str = "cpu"):
     """A zero-argument callable running one full training step on a fixed random batch."""
     spec = SHAPES[shape]
     dtype = torch.float64 if contestant == "authors" else torch.float32
     torch.manual_seed(0)
-    model = CoDAARModel(ModelConfig(**spec["model"])).to(dtype).train()
+    model = CoDAARModel(ModelConfig(**spec["model"])).to(device, dtype).train()
     if contestant == "authors":
         model.quantizer = AuthorsQuantizer(model.quantizer)
     cfg = model.config
@@ -80,17 +82,33 @@ def make_step(contestant: str, shape: str):
     batch = {"audio": torch.randn(spec["batch"], FRAMES, cfg.audio_dim, generator=gen),
              "video": torch.randn(spec["batch"], *video, generator=gen),
              "text": torch.randn(spec["batch"], FRAMES, cfg.text_dim, generator=gen)}
-    batch = {m: x.to(dtype) for m, x in batch.items()}
+    batch = {m: x.to(device, dtype) for m, x in batch.items()}
     optimizer = torch.optim.Adam(model.parameters(), lr=4e-4)
     groups = [list(module.parameters()) for module in (model.encoders, model.text_lstm, model.cpc, model.decoders)]
 
-    def step():
+    def optimize(inputs, **model_inputs):
         with torch.autograd.set_detect_anomaly(contestant == "authors"):
-            out = model(batch)
+            out = model(inputs, **model_inputs)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
         for params in groups:
             torch.nn.utils.clip_grad_norm_(params, 0.5)
         optimizer.step()
+        return {"loss": out.loss.detach()}, out.indices
+
+    if contestant == "codaar-graph":
+        graphed = GraphedTrainStep(model, optimizer, optimize)
+        generator = torch.Generator().manual_seed(2)
+        for _ in range(graphed.warmup + 1):  # warm-up steps, then the capture
+            graphed(batch, generator, 4e-4)
+
+        def step():
+            graphed(batch, generator, 4e-4)
+            torch.cuda.synchronize()
+    else:
+        def step():
+            optimize(batch)
+            if device == "cuda":
+                torch.cuda.synchronize()
 
     return step

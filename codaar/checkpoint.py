@@ -42,7 +42,10 @@ def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
                 tensors[f"optimizer/{param_id}/{name}"] = value.detach().cpu().contiguous()
             else:
                 plain.setdefault(str(param_id), {})[name] = value
-    return tensors, {"param_groups": state["param_groups"], "plain_state": plain}
+    # A capturable optimizer (--cuda-graph) holds its learning rate as a device tensor: stored as a number.
+    groups = [{k: float(v) if isinstance(v, torch.Tensor) else v for k, v in group.items()}
+              for group in state["param_groups"]]
+    return tensors, {"param_groups": groups, "plain_state": plain}
 
 
 def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:

@@ -36,13 +36,18 @@ from codaar.seeding import SEED_MIX
 _INIT_STREAM = 0x5EED1717  # the data-dependent init's generator: (reset_seed, this), apart from any reset step
 
 
-def reset_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """The generator that drives the dead-code reset of update number `step` (0-based).
+def reset_seed_for(seed: int, step: int) -> int:
+    """The seed of the generator that drives the dead-code reset of update number `step` (0-based).
 
-    A fresh generator per step, seeded from (seed, step): the draws need no stored RNG state, are
-    the same on every DDP rank, and a resumed run draws exactly what an uninterrupted one would.
+    Reseeded every update from (seed, step): the draws need no stored RNG state, are the same on
+    every DDP rank, and a resumed run draws exactly what an uninterrupted one would.
     """
-    return torch.Generator(device=device).manual_seed((seed * SEED_MIX + step) % (1 << 63))
+    return (seed * SEED_MIX + step) % (1 << 63)
+
+
+def reset_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh generator in the state the reset of update number `step` starts from."""
+    return torch.Generator(device=device).manual_seed(reset_seed_for(seed, step))
 
 
 @dataclass
@@ -70,6 +75,11 @@ class CrossModalQuantizer(nn.Module):
     Construct from a `QuantizerConfig` or its fields: `CrossModalQuantizer(num_codes=800, dim=256)`.
     Call with {modality: latents [B, T, D]}; in training mode (and unless frozen) the call also
     updates the codebooks. `lookup` and `codes_from_indices` never touch the state.
+
+    `capturable = True` makes a training call safe to capture in a CUDA graph, on any device: no
+    data-dependent branch, and its host-side work (seeding the reset generator, counting the update)
+    is left to the caller, who calls `prepare_update()` before each training call (outside the graph)
+    and registers `reset_rng` with the graph. The results are those of the default mode.
     """
 
     def __init__(self, config: QuantizerConfig | None = None, **settings: object) -> None:
@@ -96,6 +106,10 @@ class CrossModalQuantizer(nn.Module):
         official = config.codebook_init == "official"
         self.register_buffer("initialized", torch.full((), int(official), dtype=torch.long))
         self._num_updates_host = 0  # mirror of num_updates, so seeding the reset never reads the device
+        self._reset_rng: torch.Generator | None = None  # reseeded every update
+        self._reset_rng_device: torch.device | None = None
+        self._update_prepared = False
+        self.capturable = False
         self._initialized_host = official  # mirror of initialized, for the same reason
 
     # ----------------------------------------------------------------------------------- state
@@ -292,6 +306,11 @@ class CrossModalQuantizer(nn.Module):
 
         Returns the step's counts [M, K] and the number of codes reset (a tensor: no host sync)."""
         cfg = self.config
+        if not self.capturable:
+            self.prepare_update()
+        elif not self._update_prepared:  # a host-side check: runs once when a graph is captured
+            raise RuntimeError("CrossModalQuantizer(capturable=True): call prepare_update() before each training call")
+        self._update_prepared = False
         self_weight, cross_weight = cfg.effective_dta_weights()
         sums, counts = ops.dta_accumulate(z, idx, cfg.num_codes, self_weight, cross_weight,
                                           deterministic=cfg.deterministic)
@@ -308,18 +327,16 @@ class CrossModalQuantizer(nn.Module):
         )
         self.last_used.copy_(torch.where(counts > 0, self.num_updates + 1, self.last_used))
         # On the CPU a branch costs nothing; the draws depend only on (seed, step), so skipping
-        # them when no code is dead changes no later result. On a GPU the masked path always runs.
+        # them when no code is dead changes no later result. On a GPU (or capturable) the masked
+        # path always runs.
         num_reset = dead.new_zeros((), dtype=torch.long)
-        if self.codebook.device.type != "cpu" or bool(dead.any()):
-            reset = ops.reset_dead_codes_reference(
-                self.codebook, dead, active, self._reset_generator(), cfg.reset_noise_std
-            )
+        if self.capturable or self.codebook.device.type != "cpu" or bool(dead.any()):
+            reset = ops.reset_dead_codes_reference(self.codebook, dead, active, self._reset_rng, cfg.reset_noise_std)
             if cfg.reset_persistent:
                 denom = ops.ema_denominator(self.ema_count, cfg.eps, cfg.laplace_smoothing).unsqueeze(-1)
                 self.ema_sum.copy_(torch.where(reset.view(1, -1, 1), self.codebook * denom, self.ema_sum))
             num_reset = reset.sum()
         self.num_updates.add_(1)
-        self._num_updates_host += 1
         return counts, num_reset
 
     def _all_reduce_statistics(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
@@ -333,8 +350,20 @@ class CrossModalQuantizer(nn.Module):
         sums.copy_(flat[: sums.numel()].view_as(sums))
         counts.copy_(flat[sums.numel() :].view_as(counts))
 
-    def _reset_generator(self) -> torch.Generator:
-        return reset_generator(self.config.reset_seed, self._num_updates_host, self.codebook.device)
+    def prepare_update(self) -> None:
+        """The host side of the next codebook update: seed `reset_rng` for it and count it."""
+        device = self.codebook.device
+        if self._reset_rng is None or self._reset_rng_device != device:
+            # One generator, reseeded every update: a CUDA graph registers it once.
+            self._reset_rng, self._reset_rng_device = torch.Generator(device=device), device
+        self._reset_rng.manual_seed(reset_seed_for(self.config.reset_seed, self._num_updates_host))
+        self._num_updates_host += 1
+        self._update_prepared = True
+
+    @property
+    def reset_rng(self) -> torch.Generator | None:
+        """The generator of the dead-code reset draws (None before the first update)."""
+        return self._reset_rng
 
     @torch.no_grad()
     def _metrics(self, idx: torch.Tensor, counts: torch.Tensor | None) -> dict[str, torch.Tensor]:

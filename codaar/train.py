@@ -29,6 +29,7 @@ from codaar import checkpoint as ckpt
 from codaar import distributed
 from codaar.data import TriModalData, build_synthetic, load_dataset, synthetic_config
 from codaar.data.loader import TriModalDataset
+from codaar.graph_step import GraphedTrainStep
 from codaar.model import CoDAARModel, ModelConfig
 from codaar.model.nvtx import nvtx_range
 from codaar.seeding import derived_seed
@@ -122,6 +123,7 @@ class Trainer:
         self.run_dir = Path(cfg.out)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.step = self._start_or_resume()
+        self.graph_step = self._graph_step() if cfg.cuda_graph else None
         self.tensorboard = self._tensorboard() if cfg.tensorboard and group.is_main else None
 
     # ------------------------------------------------------------------------ run folder
@@ -147,6 +149,8 @@ class Trainer:
                 raise SystemExit(f"--resume: setting {key!r} was {saved.get(key)!r} in {self.run_dir}, now {now!r}")
         self.model.load_state_dict(ckpt.prefixed(tensors, "model"))
         self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
+        for group in self.optimizer.param_groups:  # as saved by a --cuda-graph run; its step sets it again
+            group["capturable"] = False
         if self.group.is_main:  # forget metrics logged after the checkpoint: those steps run again
             lines = self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
             kept = [line for line in lines if json.loads(line)["step"] <= meta["step"]]
@@ -162,6 +166,12 @@ class Trainer:
         meta = {"config": self.cfg.to_json(), "model_config": _jsonable(self.model_config),
                 "optimizer": optimizer_meta, "epoch": self.step // self.batches.steps_per_epoch}
         return ckpt.save_checkpoint(self.run_dir, self.step, tensors, meta, keep=self.cfg.keep_checkpoints)
+
+    def _graph_step(self) -> GraphedTrainStep:
+        if self.device.type != "cuda" or self.group.world_size > 1:
+            raise SystemExit(f"--cuda-graph needs one process on a CUDA device; this run has "
+                             f"{self.group.world_size} process(es) on {self.device.type}")
+        return GraphedTrainStep(self.model, self.optimizer, self.optimize)
 
     def _tensorboard(self):
         try:
@@ -185,12 +195,22 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(derived_seed(cfg.seed, 2, self.group.rank, self.step))  # dropout of this step
         cpc_generator = torch.Generator().manual_seed(derived_seed(cfg.seed, 3, self.step))  # same on all ranks
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(cfg, self.step // self.batches.steps_per_epoch)
+        lr = lr_at(cfg, self.step // self.batches.steps_per_epoch)
         batch = self._batch(positions)
+        if self.graph_step is not None:
+            return self.graph_step(batch, cpc_generator, lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return self.optimize(batch, cpc_generator=cpc_generator)
+
+    def optimize(self, batch: dict[str, torch.Tensor], **model_inputs) -> tuple[dict, dict]:
+        """Forward, backward, clipping and Adam on one batch: (logged values, indices), all tensors."""
+        cfg = self.cfg
         model = self.ddp or self.model
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda"):
-            out = model(batch, cpc_generator=cpc_generator)
+        autocast = cfg.bf16 and self.device.type == "cuda"
+        # A captured graph must not keep autocast's cast-weight cache (torch's CUDA-graph rules).
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast, cache_enabled=not cfg.cuda_graph):
+            out = model(batch, **model_inputs)
         self.optimizer.zero_grad(set_to_none=True)
         with nvtx_range("backward"):
             out.loss.backward()

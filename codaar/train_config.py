@@ -66,6 +66,8 @@ class TrainConfig:
     device: str = option("auto", "auto (cuda if available), cpu or cuda")
     float64: bool = option(False, "train in float64, the authors' precision")
     bf16: bool = option(False, "bf16 autocast for the encoders/decoders (CUDA only)")
+    cuda_graph: bool = option(False, "capture the training step in a CUDA graph after 3 warm-up steps and "
+                              "replay it (one process on CUDA; see codaar/graph_step.py)")
     # run folder, logging, checkpoints
     out: str = option("runs/codaar", "run folder: checkpoints, metrics.jsonl, config.json")
     resume: bool = option(False, "continue the run in --out from its latest checkpoint")

@@ -9,7 +9,8 @@ The partners' latents are taken at the same frame n whatever codes they chose. W
 self_weight=1, cross_weight=0 this is the plain EMA k-means accumulation.
 
 Shapes: z [M, N, D], idx [M, N] -> sums [M, K, D], counts [M, K]. No [N, K] one-hot: one index_add
-over the flattened (m, k) rows and one bincount.
+over the flattened (m, k) rows for the sums, one for the counts. (Not bincount: on a GPU it reads
+the largest index back to the host to size its output, a synchronisation.)
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ def dta_mixed_latents(z: torch.Tensor, self_weight: float, cross_weight: float) 
 
 
 def code_counts(idx: torch.Tensor, num_codes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """How many frames chose each code, per modality: idx [M, N] -> [M, K] (one bincount)."""
+    """How many frames chose each code, per modality: idx [M, N] -> [M, K] (one index_add, no host sync)."""
     num_mod = idx.shape[0]
-    rows = idx + num_codes * torch.arange(num_mod, device=idx.device).unsqueeze(1)
-    return torch.bincount(rows.reshape(-1), minlength=num_mod * num_codes).to(dtype).view(num_mod, num_codes)
+    rows = (idx + num_codes * torch.arange(num_mod, device=idx.device).unsqueeze(1)).reshape(-1)
+    counts = torch.zeros(num_mod * num_codes, dtype=torch.long, device=idx.device)  # exact, then cast
+    return counts.index_add_(0, rows, torch.ones_like(rows)).to(dtype).view(num_mod, num_codes)
 
 
 def dta_accumulate_reference(

@@ -1,5 +1,5 @@
 """On a CUDA machine: the scaled assign against a bare cuBLAS GEMM of the same shape, the paper-shape
-quantizer step (Triton vs eager) timed with CUDA graphs off, and a torch.profiler capture of that
+quantizer step (Triton vs eager, and Triton captured in a CUDA graph), and a torch.profiler capture of that
 step with its NVTX ranges, summarised as a table of the top kernels.
 
     python profiles/gpu_profile.py OUT_DIR      (normally run by profiles/gpu_run.sh)
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import codaar_kernels as ops  # noqa: E402
-from bench_quantizer_step import SHAPES, make_latents, make_quantizer  # noqa: E402
+from bench_quantizer_step import SHAPES, graphed_step, make_latents, make_quantizer  # noqa: E402
 from codaar_kernels.assign_triton import assign_triton  # noqa: E402
 
 
@@ -53,6 +53,9 @@ def main(out: Path) -> None:
                 quantizer(latents).loss.backward()
 
         timings[backend] = do_bench(step, quantiles=[0.5])
+    quantizer = make_quantizer(shape, torch.float32)
+    timings["triton, CUDA graph"] = do_bench(graphed_step(quantizer, dict(zip(quantizer.modalities, make_latents(
+        shape, torch.float32)))), quantiles=[0.5])
     print("\n## Paper-shape quantizer step (B=80, T=10, M=3, K=800, D=256), forward + backward + update\n")
     print("| backend | ms per step |\n|---|---|")
     for backend, ms in timings.items():

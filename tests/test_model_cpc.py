@@ -107,6 +107,35 @@ def test_module_forward_matches_manual_computation():
     assert all(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in cpc.parameters())
 
 
+@pytest.mark.parametrize("variant", ["official", "paper"])
+def test_fixed_shape_t_star_equals_the_drawn_one(variant):
+    """t* given as a tensor (CUDA-graph path: the LSTM reads all T steps, its output at t* is
+    picked by index) computes the same loss, accuracies and gradients as slicing at a host t*."""
+    torch.manual_seed(0)
+    cpc = CrossModalCPC(("video", "audio", "text"), dim=6, context_dim=5, prediction_steps=2, variant=variant)
+    latents = {m: torch.randn(5, 7, 6, requires_grad=True) for m in ("video", "audio", "text")}
+    params = [*cpc.parameters(), *latents.values()]
+    seen = set()
+    for seed in range(40):
+        sliced = cpc(latents, torch.Generator().manual_seed(seed))
+        t = sliced.t_star
+        if t in seen:
+            continue
+        seen.add(t)
+        grads_sliced = torch.autograd.grad(sliced.loss, params)
+        fixed = cpc(latents, t_star=torch.tensor(t))
+        grads_fixed = torch.autograd.grad(fixed.loss, params)
+        torch.testing.assert_close(fixed.loss, sliced.loss, rtol=1e-6, atol=1e-6)
+        assert fixed.accuracies.keys() == sliced.accuracies.keys()
+        for key in fixed.accuracies:
+            torch.testing.assert_close(fixed.accuracies[key], sliced.accuracies[key])
+        for a, b in zip(grads_fixed, grads_sliced):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert seen == {1, 2, 3, 4}  # every t* that 1 + randint(T - H - 1) can draw, T = 7, H = 2
+    with pytest.raises(ValueError, match="T >= H \\+ 2"):
+        cpc({m: z[:, :3] for m, z in latents.items()}, t_star=torch.tensor(1))
+
+
 def test_paper_and_official_modules_differ_as_specified():
     torch.manual_seed(0)
     official = CrossModalCPC(("video", "audio", "text"), dim=4, context_dim=5, variant="official")

@@ -182,11 +182,13 @@ class CoDAARModel(nn.Module):
         return self.text_lstm(x) if modality == "text" else x
 
     def forward(
-        self, batch: Mapping[str, torch.Tensor], *, cpc_generator: torch.Generator | None = None
+        self, batch: Mapping[str, torch.Tensor], *, cpc_generator: torch.Generator | None = None,
+        cpc_t_star: torch.Tensor | None = None,
     ) -> ModelOutput:
         """One pretraining step's loss; in training mode the quantizer also updates its codebooks.
 
-        cpc_generator: CPU generator for CPC's t* draw; None uses torch's global RNG (authors' code)."""
+        cpc_generator: CPU generator for CPC's t* draw; None uses torch's global RNG (authors' code).
+        cpc_t_star: a device tensor holding t* instead (fixed shapes: see `CrossModalCPC.forward`)."""
         missing = [m for m in self.modalities if m not in batch]
         if missing:
             raise KeyError(f"CoDAARModel: batch lacks {missing}; expected keys {list(self.modalities)}")
@@ -205,7 +207,7 @@ class CoDAARModel(nn.Module):
         metrics = dict(quantized.metrics)
         if self.cpc is not None:
             with nvtx_range("cpc"):
-                cpc = self.cpc(latents, cpc_generator)  # continuous latents, not the codes (spec §4)
+                cpc = self.cpc(latents, cpc_generator, cpc_t_star)  # continuous latents, not the codes (spec §4)
             metrics.update(cpc.accuracies)
 
         with nvtx_range("decoders"):

@@ -30,7 +30,7 @@ VARIANTS = ("official", "paper")
 class CPCOutput:
     loss: torch.Tensor  # scalar
     accuracies: dict[str, torch.Tensor]  # "cpc_acc/<target><-<context>": detached scalars, last prediction step
-    t_star: int  # the context's last time index used in this call
+    t_star: int | torch.Tensor  # the context's last time index used in this call
 
 
 def cpc_pairs(
@@ -123,14 +123,32 @@ class CrossModalCPC(nn.Module):
             raise ValueError(f"CPC needs T >= H + 2 time steps, got T={steps}, H={self.prediction_steps}")
         return 1 + int(torch.randint(high, (1,), generator=generator).item())
 
-    def forward(self, latents: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> CPCOutput:
+    def forward(
+        self, latents: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
+        t_star: torch.Tensor | None = None,
+    ) -> CPCOutput:
+        """CPC loss of {modality: z [B, T, D]} at a t* drawn from `generator`, or at `t_star`.
+
+        t_star: a 0-d int64 tensor on the latents' device (drawn by the caller with `draw_t_star`).
+        Then no shape depends on t*: the LSTM reads the whole sequence and its output at t* is
+        picked by index (the same value: the LSTM is causal), so the call can be captured in a
+        CUDA graph and replayed with a new t*. It costs the LSTM steps after t*."""
         steps = latents[self.modalities[0]].shape[1]
-        t_star = self.draw_t_star(steps, generator)
+        if t_star is None:
+            t_star = self.draw_t_star(steps, generator)
+        elif steps < self.prediction_steps + 2:
+            raise ValueError(f"CPC needs T >= H + 2 time steps, got T={steps}, H={self.prediction_steps}")
         targets, predictions = {}, {}
         for m in self.modalities:
             z = latents[m]
-            context = self.context[m](z[:, : t_star + 1])[0][:, t_star]  # [B, context]: output at t*
-            targets[m] = z[:, t_star + 1 : t_star + 1 + self.prediction_steps].transpose(0, 1)  # [H, B, D]
+            if isinstance(t_star, int):
+                context = self.context[m](z[:, : t_star + 1])[0][:, t_star]  # [B, context]: output at t*
+                future = z[:, t_star + 1 : t_star + 1 + self.prediction_steps]
+            else:
+                at = t_star.view(1)
+                context = self.context[m](z)[0].index_select(1, at).squeeze(1)
+                future = z.index_select(1, at + 1 + torch.arange(self.prediction_steps, device=z.device))
+            targets[m] = future.transpose(0, 1)  # [H, B, D]
             predictions[m] = torch.stack([head(context) for head in self.predictors[m]])  # [H, B, D]
         # Under DDP the other ranks' clips are negatives too: the loss is that of the global batch.
         targets = {m: gather_batch(t, dim=1) for m, t in targets.items()}

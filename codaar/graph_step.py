@@ -1,0 +1,116 @@
+"""The training step captured in a CUDA graph (`python -m codaar.train --cuda-graph`).
+
+A replay launches the whole step (encoders, quantizer, CPC, decoders, backward, clipping, Adam)
+as one graph: no Python and no launch overhead per operation, which is most of a small step's time
+on a GPU. Capture needs a step with fixed shapes that reads everything that changes between steps
+from device memory, and that never waits for the host:
+  - the batch is copied into fixed input buffers before each replay;
+  - CPC's t* is drawn on the host as in the ordinary step and written to a device tensor:
+    `CrossModalCPC` then picks the LSTM output at t* by index instead of slicing;
+  - the learning rate is a device tensor of a capturable Adam;
+  - the quantizer runs `capturable`: its host-side bookkeeping (seeding the dead-code reset
+    generator for the update) happens here before each replay, and that generator is registered
+    with the graph. Dropout draws from torch's default CUDA generator, reseeded every step by the
+    trainer as before; graphs read its seed and offset at each replay.
+The first `warmup` steps run the same function eagerly on the capture stream (lazy initialisation
+(cuBLAS handles, Triton compilation, Adam's state) cannot happen inside a capture); the next step
+is captured once and every later step replays it. A batch of another shape (an epoch's last,
+incomplete batch) runs eagerly.
+
+With `capture=False` the same fixed-shape step runs eagerly every time, on any device: the CPU
+tests check that way that it computes what the ordinary step computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+
+StepOutputs = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
+
+
+def make_adam_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Learning rates as device tensors and step counts on the device: Adam's update then never
+    reads a value back to the host, and a new learning rate reaches a captured graph."""
+    for group in optimizer.param_groups:
+        group["capturable"] = True
+        group["lr"] = torch.tensor(float(group["lr"]), device=device)
+    for state in optimizer.state.values():
+        if "step" in state:
+            state["step"] = state["step"].to(device=device, dtype=torch.float32)
+
+
+class GraphedTrainStep:
+    """Runs `optimize(batch, cpc_t_star=...)` (one optimisation step; returns tensors only) as a
+    CUDA graph: eager for `warmup` steps, then captured once and replayed."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 optimize: Callable[..., StepOutputs], *, capture: bool = True, warmup: int = 3) -> None:
+        self.device = next(model.parameters()).device
+        if capture and self.device.type != "cuda":
+            raise ValueError(f"GraphedTrainStep: capturing a CUDA graph needs a model on CUDA, not {self.device}")
+        self.cpc = model.cpc
+        self.quantizer = model.quantizer
+        self.quantizer.capturable = True
+        self.optimizer, self.optimize = optimizer, optimize
+        self.capture, self.warmup = capture, warmup
+        if self.device.type == "cuda":
+            make_adam_capturable(optimizer, self.device)
+        self.t_star = torch.zeros((), dtype=torch.long, device=self.device)
+        self.stream = torch.cuda.Stream(self.device) if capture else None
+        self.inputs: dict[str, torch.Tensor] | None = None  # the captured step reads these
+        self.outputs: StepOutputs | None = None  # and writes these, at every replay
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.steps_run = 0
+
+    def __call__(self, batch: Mapping[str, torch.Tensor], cpc_generator: torch.Generator, lr: float) -> StepOutputs:
+        """One step on `batch` at learning rate `lr`; t* drawn from `cpc_generator` as the ordinary step does.
+
+        The outputs of a replayed step are the graph's buffers: read them before the next step."""
+        steps = next(iter(batch.values())).shape[1]
+        if self.cpc is not None:
+            self.t_star.fill_(self.cpc.draw_t_star(steps, cpc_generator))
+        for group in self.optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        self.quantizer.prepare_update()
+        self.steps_run += 1
+        if not self.capture or self.steps_run <= self.warmup or not self._fits(batch):
+            return self._eager(batch)
+        if self.graph is None:
+            self._capture(batch)
+        for m, x in batch.items():
+            self.inputs[m].copy_(x, non_blocking=True)
+        self.graph.replay()
+        return self.outputs
+
+    def _model_inputs(self) -> dict[str, torch.Tensor]:
+        return {"cpc_t_star": self.t_star} if self.cpc is not None else {}
+
+    def _fits(self, batch: Mapping[str, torch.Tensor]) -> bool:
+        if self.inputs is None:
+            return True
+        return all(batch[m].shape == x.shape and batch[m].dtype == x.dtype for m, x in self.inputs.items())
+
+    def _eager(self, batch: Mapping[str, torch.Tensor]) -> StepOutputs:
+        if self.stream is None:
+            return self.optimize(batch, **self._model_inputs())
+        # Warm-up runs on the stream that captures: CUDA's lazy per-stream state is then ready.
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            outputs = self.optimize(batch, **self._model_inputs())
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        return outputs
+
+    def _capture(self, batch: Mapping[str, torch.Tensor]) -> None:
+        self.inputs = {m: x.detach().clone() for m, x in batch.items()}
+        graph = torch.cuda.CUDAGraph()
+        if self.quantizer.reset_rng is not None:  # its draws inside the graph follow its reseeding
+            graph.register_generator_state(self.quantizer.reset_rng)
+        torch.cuda.synchronize(self.device)
+        with torch.cuda.graph(graph, stream=self.stream):
+            self.outputs = self.optimize(self.inputs, **self._model_inputs())
+        self.graph = graph
