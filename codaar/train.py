@@ -238,7 +238,7 @@ class Trainer:
                     values, indices = self.train_step(positions)
                     self.step += 1
                     record = {"step": self.step, "epoch": epoch, "lr": lr_at(cfg, epoch),
-                              **{k: float(v) for k, v in values.items()}}
+                              **_to_host(values)}
                     recent.append(record)
                     used.append({m: idx.unique() for m, idx in indices.items()})
                     if log is not None:
@@ -298,6 +298,12 @@ class Trainer:
         lines.append(f"  metrics:    {self.metrics_path} (one JSON line per step)")
         print("\n".join(lines))
         return summary
+
+
+def _to_host(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The step's scalars as numbers: one device-to-host copy, not one per value."""
+    stacked = torch.stack([v.detach().reshape(()).double() for v in values.values()])
+    return dict(zip(values, stacked.tolist()))
 
 
 def _jsonable(value):
