@@ -45,6 +45,30 @@ _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
+def _dot_tile(
+    z_ptr, e_ptr, rows, row_ok, cols, col_ok, D,
+    DOT_FP32: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """[BLOCK_N, BLOCK_K] tile of z . E^T for frames `rows` and codes `cols`, fp32 accumulation
+    over D chunks (shared with the soft-usage kernels)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    dot = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        d_ok = (d0 + offs_d) < D
+        # other=0 on both operands: padded dims / rows / codes contribute 0 to the dot.
+        a = tl.load(z_ptr + rows[:, None] * D + (d0 + offs_d)[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        b = tl.load(e_ptr + cols[None, :] * D + (d0 + offs_d)[:, None], mask=col_ok[None, :] & d_ok[:, None], other=0.0)
+        if DOT_FP32:
+            # fp32 (or mixed-dtype) operands: upcast; PREC picks exact "ieee" or "tf32".
+            dot = tl.dot(a.to(tl.float32), b.to(tl.float32), dot, input_precision=PREC)
+        else:
+            # both bf16 (or both fp16): products are exact in fp32, accumulation is fp32.
+            dot = tl.dot(a, b, dot)
+    return dot
+
+
+@triton.jit
 def _assign_kernel(
     z_ptr,  # [M, N, D] contiguous, fp32/bf16/fp16
     e_ptr,  # [M, K, D] contiguous
@@ -92,24 +116,7 @@ def _assign_kernel(
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + offs_k
         col_ok = cols < K
-        # [BLOCK_N, BLOCK_K] tile of z . E^T, fp32 accumulation over D chunks. (Written inline, not
-        # as a jit helper: nested jit calls are slow under the interpreter; compiled code is equal.)
-        dot = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            d_ok = (d0 + offs_d) < D
-            # other=0 on both operands: padded dims / rows / codes contribute 0 to the dot.
-            a = tl.load(
-                z_ptr + rows[:, None] * D + (d0 + offs_d)[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0
-            )
-            b = tl.load(
-                e_ptr + cols[None, :] * D + (d0 + offs_d)[:, None], mask=col_ok[None, :] & d_ok[:, None], other=0.0
-            )
-            if DOT_FP32:
-                # fp32 (or mixed-dtype) operands: upcast; PREC picks exact "ieee" or "tf32".
-                dot = tl.dot(a.to(tl.float32), b.to(tl.float32), dot, input_precision=PREC)
-            else:
-                # both bf16 (or both fp16): products are exact in fp32, accumulation is fp32.
-                dot = tl.dot(a, b, dot)
+        dot = _dot_tile(z_ptr, e_ptr, rows, row_ok, cols, col_ok, D, DOT_FP32, PREC, BLOCK_N, BLOCK_K, BLOCK_D)
         # other=+inf: a code past K gets rank inf - 2*0 = inf and can never be the minimum.
         esq = tl.load(esq_ptr + cols, mask=col_ok, other=float("inf"))
         rank = esq[None, :] - 2.0 * dot

@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .assign_triton import _check_pair, _dot_mode, _interpret
+from .assign_triton import _check_pair, _dot_mode, _dot_tile, _interpret
 
 __all__ = ["soft_usage_triton", "soft_usage_forward", "soft_usage_backward"]
 
@@ -67,20 +67,8 @@ def _score_tile(
     """(d, s) tiles [BLOCK_N, BLOCK_K]: squared distance and score -sqrt(max(d, 0)).
 
     Codes past K get s = -inf (exp -> 0: they take no probability mass) and d = +inf.
-    (The D loop is written out here rather than calling assign_triton's _dot_tile: nested
-    jit calls are expensive under the interpreter; compiled code is identical.)
     """
-    offs_d = tl.arange(0, BLOCK_D)
-    dot = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        d_ok = (d0 + offs_d) < D
-        # other=0 on both operands: padded dims / rows / codes contribute 0 to the dot.
-        a = tl.load(z_ptr + rows[:, None] * D + (d0 + offs_d)[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        b = tl.load(e_ptr + cols[None, :] * D + (d0 + offs_d)[:, None], mask=col_ok[None, :] & d_ok[:, None], other=0.0)
-        if DOT_FP32:
-            dot = tl.dot(a.to(tl.float32), b.to(tl.float32), dot, input_precision=PREC)
-        else:
-            dot = tl.dot(a, b, dot)
+    dot = _dot_tile(z_ptr, e_ptr, rows, row_ok, cols, col_ok, D, DOT_FP32, PREC, BLOCK_N, BLOCK_K, BLOCK_D)
     # other=0: the masked columns are overwritten just below.
     esq = tl.load(esq_ptr + cols, mask=col_ok, other=0.0)
     # same association as the reference's baddbmm: (||E||^2 + ||z||^2) - 2 z.E
