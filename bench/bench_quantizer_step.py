@@ -20,6 +20,7 @@ import torch
 
 import codaar_kernels as ops
 from authors_formulation import AuthorsState, authors_step
+from codaar.graph_step import capture_graph, run_on_stream
 from codaar.quantizer import CrossModalQuantizer
 
 SHAPES = {"paper": dict(batch=80, frames=10, num_codes=800, dim=256),
@@ -53,20 +54,15 @@ def graphed_step(quantizer: CrossModalQuantizer, latents: dict[str, torch.Tensor
     quantizer.capturable = True
 
     def body():
-        quantizer(latents).loss.backward()
+        with ops.use_backend("triton"):
+            quantizer(latents).loss.backward()
 
     stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), ops.use_backend("triton"):  # warm-up: compile, autotune, allocate
-        for _ in range(3):
-            quantizer.prepare_update()
-            body()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    graph.register_generator_state(quantizer.reset_rng)
+    for _ in range(3):  # warm-up: compile, autotune, allocate
+        quantizer.prepare_update()
+        run_on_stream(stream, body)
     quantizer.prepare_update()
-    with torch.cuda.graph(graph, stream=stream), ops.use_backend("triton"):
-        body()
+    graph, _ = capture_graph(body, stream, [quantizer.reset_rng])
 
     def replay():
         quantizer.prepare_update()

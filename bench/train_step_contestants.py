@@ -100,10 +100,10 @@ def make_step(contestant: str, shape: str, device: str = "cpu"):
         graphed = GraphedTrainStep(model, optimizer, optimize)
         generator = torch.Generator().manual_seed(2)
         for _ in range(graphed.warmup + 1):  # warm-up steps, then the capture
-            graphed(batch, generator, 4e-4)
+            graphed(batch, generator)
 
         def step():
-            graphed(batch, generator, 4e-4)
+            graphed(batch, generator)
             torch.cuda.synchronize()
     else:
         def step():

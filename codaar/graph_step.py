@@ -23,7 +23,7 @@ tests check that way that it computes what the ordinary step computes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -41,6 +41,39 @@ def make_adam_capturable(optimizer: torch.optim.Optimizer, device: torch.device)
             state["step"] = state["step"].to(device=device, dtype=torch.float32)
 
 
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """A device-tensor learning rate (capturable Adam) is written in place, so a graph reads it."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def run_on_stream(stream: torch.cuda.Stream, fn: Callable[[], object]) -> object:
+    """fn() on `stream`, after the current stream's queued work and before its later work. Warm-up
+    steps run on the stream that will capture: CUDA's lazy per-stream state is then ready."""
+    current = torch.cuda.current_stream(stream.device)
+    stream.wait_stream(current)
+    with torch.cuda.stream(stream):
+        result = fn()
+    current.wait_stream(stream)
+    return result
+
+
+def capture_graph(fn: Callable[[], object], stream: torch.cuda.Stream,
+                  generators: Sequence[torch.Generator] = ()) -> tuple[torch.cuda.CUDAGraph, object]:
+    """Capture fn() on `stream`: (the graph, what fn returned, rewritten by every replay).
+    Draws from `generators` inside the graph follow how they are seeded before each replay."""
+    graph = torch.cuda.CUDAGraph()
+    for generator in generators:
+        graph.register_generator_state(generator)
+    torch.cuda.synchronize(stream.device)
+    with torch.cuda.graph(graph, stream=stream):
+        result = fn()
+    return graph, result
+
+
 class GraphedTrainStep:
     """Runs `optimize(batch, cpc_t_star=...)` (one optimisation step; returns tensors only) as a
     CUDA graph: eager for `warmup` steps, then captured once and replayed."""
@@ -53,7 +86,7 @@ class GraphedTrainStep:
         self.cpc = model.cpc
         self.quantizer = model.quantizer
         self.quantizer.capturable = True
-        self.optimizer, self.optimize = optimizer, optimize
+        self.optimize = optimize
         self.capture, self.warmup = capture, warmup
         if self.device.type == "cuda":
             make_adam_capturable(optimizer, self.device)
@@ -64,18 +97,14 @@ class GraphedTrainStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.steps_run = 0
 
-    def __call__(self, batch: Mapping[str, torch.Tensor], cpc_generator: torch.Generator, lr: float) -> StepOutputs:
-        """One step on `batch` at learning rate `lr`; t* drawn from `cpc_generator` as the ordinary step does.
+    def __call__(self, batch: Mapping[str, torch.Tensor], cpc_generator: torch.Generator) -> StepOutputs:
+        """One step on `batch`, t* drawn from `cpc_generator` as the ordinary step does (set the
+        learning rate with `set_learning_rate`).
 
         The outputs of a replayed step are the graph's buffers: read them before the next step."""
         steps = next(iter(batch.values())).shape[1]
         if self.cpc is not None:
             self.t_star.fill_(self.cpc.draw_t_star(steps, cpc_generator))
-        for group in self.optimizer.param_groups:
-            if isinstance(group["lr"], torch.Tensor):
-                group["lr"].fill_(lr)
-            else:
-                group["lr"] = lr
         self.quantizer.prepare_update()
         self.steps_run += 1
         if not self.capture or self.steps_run <= self.warmup or not self._fits(batch):
@@ -96,21 +125,12 @@ class GraphedTrainStep:
         return all(batch[m].shape == x.shape and batch[m].dtype == x.dtype for m, x in self.inputs.items())
 
     def _eager(self, batch: Mapping[str, torch.Tensor]) -> StepOutputs:
-        if self.stream is None:
+        def step() -> StepOutputs:
             return self.optimize(batch, **self._model_inputs())
-        # Warm-up runs on the stream that captures: CUDA's lazy per-stream state is then ready.
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
-            outputs = self.optimize(batch, **self._model_inputs())
-        torch.cuda.current_stream(self.device).wait_stream(self.stream)
-        return outputs
+
+        return step() if self.stream is None else run_on_stream(self.stream, step)
 
     def _capture(self, batch: Mapping[str, torch.Tensor]) -> None:
         self.inputs = {m: x.detach().clone() for m, x in batch.items()}
-        graph = torch.cuda.CUDAGraph()
-        if self.quantizer.reset_rng is not None:  # its draws inside the graph follow its reseeding
-            graph.register_generator_state(self.quantizer.reset_rng)
-        torch.cuda.synchronize(self.device)
-        with torch.cuda.graph(graph, stream=self.stream):
-            self.outputs = self.optimize(self.inputs, **self._model_inputs())
-        self.graph = graph
+        self.graph, self.outputs = capture_graph(lambda: self.optimize(self.inputs, **self._model_inputs()),
+                                                 self.stream, [self.quantizer.reset_rng])

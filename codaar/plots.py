@@ -48,6 +48,10 @@ def plot_usage(indices: dict[str, np.ndarray], num_codes: int, path: Path) -> Pa
     ax.set_ylabel("share of test frames")
     ax.set_title("Codebook usage per modality (test split)")
     ax.legend()
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> Path:  # noqa: ANN001 (matplotlib objects)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -84,10 +88,7 @@ def plot_agreement(metrics_path: Path, path: Path) -> Path | None:
     ax2.set_ylabel("codes used in the batch")
     ax2.set_title("Codes used per modality")
     ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_health(metrics_path: Path, path: Path) -> Path | None:
@@ -115,10 +116,7 @@ def plot_health(metrics_path: Path, path: Path) -> Path | None:
     ax2.set_ylabel("max |codeword entry|")
     ax2.set_title("Largest codeword entry per modality")
     ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_pca(codebooks: torch.Tensor, modalities, used: np.ndarray, path: Path, max_codes: int = 200) -> Path:
@@ -139,10 +137,7 @@ def plot_pca(codebooks: torch.Tensor, modalities, used: np.ndarray, path: Path, 
         ax.scatter(xy[j, :, 0], xy[j, :, 1], s=12, color=COLORS[m], label=m)
     ax.set_title(f"PCA of same-index codewords ({len(codes)} codes used on the test split)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_all(pretrained, data, out: Path) -> list[Path]:

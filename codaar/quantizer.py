@@ -107,7 +107,6 @@ class CrossModalQuantizer(nn.Module):
         self.register_buffer("initialized", torch.full((), int(official), dtype=torch.long))
         self._num_updates_host = 0  # mirror of num_updates, so seeding the reset never reads the device
         self._reset_rng: torch.Generator | None = None  # reseeded every update
-        self._reset_rng_device: torch.device | None = None
         self._update_prepared = False
         self.capturable = False
         self._initialized_host = official  # mirror of initialized, for the same reason
@@ -353,9 +352,9 @@ class CrossModalQuantizer(nn.Module):
     def prepare_update(self) -> None:
         """The host side of the next codebook update: seed `reset_rng` for it and count it."""
         device = self.codebook.device
-        if self._reset_rng is None or self._reset_rng_device != device:
+        if self._reset_rng is None or self._reset_rng.device != device:
             # One generator, reseeded every update: a CUDA graph registers it once.
-            self._reset_rng, self._reset_rng_device = torch.Generator(device=device), device
+            self._reset_rng = torch.Generator(device=device)
         self._reset_rng.manual_seed(reset_seed_for(self.config.reset_seed, self._num_updates_host))
         self._num_updates_host += 1
         self._update_prepared = True

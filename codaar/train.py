@@ -29,7 +29,7 @@ from codaar import checkpoint as ckpt
 from codaar import distributed
 from codaar.data import TriModalData, build_synthetic, load_dataset, synthetic_config
 from codaar.data.loader import TriModalDataset
-from codaar.graph_step import GraphedTrainStep
+from codaar.graph_step import GraphedTrainStep, set_learning_rate
 from codaar.model import CoDAARModel, ModelConfig
 from codaar.model.nvtx import nvtx_range
 from codaar.seeding import derived_seed
@@ -195,12 +195,10 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(derived_seed(cfg.seed, 2, self.group.rank, self.step))  # dropout of this step
         cpc_generator = torch.Generator().manual_seed(derived_seed(cfg.seed, 3, self.step))  # same on all ranks
-        lr = lr_at(cfg, self.step // self.batches.steps_per_epoch)
+        set_learning_rate(self.optimizer, lr_at(cfg, self.step // self.batches.steps_per_epoch))
         batch = self._batch(positions)
         if self.graph_step is not None:
-            return self.graph_step(batch, cpc_generator, lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            return self.graph_step(batch, cpc_generator)
         return self.optimize(batch, cpc_generator=cpc_generator)
 
     def optimize(self, batch: dict[str, torch.Tensor], **model_inputs) -> tuple[dict, dict]:
