@@ -20,7 +20,7 @@ import torch
 
 import codaar_kernels as ops
 from authors_formulation import AuthorsState, authors_step
-from codaar.graph_step import capture_graph, run_on_stream
+from codaar.train.graph_step import capture_graph, run_on_stream
 from codaar.quantizer import CrossModalQuantizer
 
 SHAPES = {"paper": dict(batch=80, frames=10, num_codes=800, dim=256),

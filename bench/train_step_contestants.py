@@ -23,7 +23,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from authors_formulation import AuthorsState, authors_step  # noqa: E402
-from codaar.graph_step import GraphedTrainStep  # noqa: E402
+from codaar.train.graph_step import GraphedTrainStep  # noqa: E402
 from codaar.model import CoDAARModel, ModelConfig  # noqa: E402
 
 SHAPES = {

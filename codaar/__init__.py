@@ -3,6 +3,8 @@
 The quantizer's names are imported on first use, so `python -m codaar.data` does not pay for torch.
 """
 
+from codaar.runtime.lazy import lazy_exports
+
 _LAZY = {
     "CrossModalQuantizer": "codaar.quantizer",
     "LookupOutput": "codaar.quantizer",
@@ -12,12 +14,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'codaar' has no attribute {name!r}")
-
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = sorted(_LAZY)

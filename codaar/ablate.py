@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codaar.evaluation import tables
+from codaar.evaluate import tables
 
 COMPONENTS = {
     "full": [], "no-cpc": ["--no-cpc"], "cpc-only": ["--no-dta", "--no-csa", "--no-dqa"], "no-csa": ["--no-csa"],
@@ -52,6 +52,10 @@ COMPONENTS = {
     "init-kmeans": ["--codebook-init", "kmeans"], "init-aligned-kmeans": ["--codebook-init", "aligned-kmeans"],
 }
 SHORT = {"a": "audio", "v": "video", "t": "text"}
+
+
+class AblationError(ValueError):
+    """A bad variant, study or seed list, or a training run that failed (the command line exits 2)."""
 
 
 def cascade_variants(modalities) -> dict[str, list[str]]:
@@ -66,8 +70,8 @@ def variant_flags(name: str) -> list[str]:
         letters = name.split("-")[1:]
         if all(x in SHORT for x in letters):
             return ["--cascade", ",".join(SHORT[x] for x in letters)]
-    raise SystemExit(f"--variants: unknown variant {name!r}; expected one of {sorted(COMPONENTS)} or "
-                     f"cascade-<order> such as cascade-t-a-v")
+    raise AblationError(f"--variants: unknown variant {name!r}; expected one of {sorted(COMPONENTS)} or "
+                        f"cascade-<order> such as cascade-t-a-v")
 
 
 def study_variants(studies, modalities) -> list[str]:
@@ -82,7 +86,7 @@ def study_variants(studies, modalities) -> list[str]:
         elif study == "inits":
             names += ["full", "init-kmeans", "init-aligned-kmeans"]
         else:
-            raise SystemExit(f"--studies: unknown study {study!r}; expected components, cascade, unimodal, inits")
+            raise AblationError(f"--studies: unknown study {study!r}; expected components, cascade, unimodal, inits")
     return list(dict.fromkeys(names))
 
 
@@ -103,7 +107,7 @@ def train_run(out: Path, flags: list[str], seed: int, size: list[str], log) -> P
     with open(run.parent / f"seed{seed}.log", "w") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0:
-        raise SystemExit(f"training failed (exit {rc}): {' '.join(cmd)}; see {run.parent / f'seed{seed}.log'}")
+        raise AblationError(f"training failed (exit {rc}): {' '.join(cmd)}; see {run.parent / f'seed{seed}.log'}")
     log(f"trained {run} in {time.perf_counter() - started:.0f} s")
     return run
 
@@ -122,8 +126,9 @@ def final_agreement(run: Path, window: int = 50) -> dict[str, float]:
 
 def score_run(run: Path, ave_epochs: int | None, avvp_epochs: int | None, tasks) -> dict:
     from codaar.evaluate import evaluate
+    from codaar.train.config import TrainConfig
 
-    modalities = json.loads((run / "config.json").read_text())["train"]["modalities"]
+    modalities = TrainConfig.from_dict(json.loads((run / "config.json").read_text())["train"]).model.modalities
     directions = [(s, t) for s in modalities for t in modalities if s != t]  # with text: T->A, A->T, ...
     result = evaluate(run, protocols=("clean",), tasks=tasks, directions=directions,
                       ave={"epochs": ave_epochs}, avvp={"epochs": avvp_epochs}, plots=False, log=lambda s: None)
@@ -196,12 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    from codaar.evaluate import EvaluationError
+
+    try:
+        return run_ablation(args, argv)
+    except (AblationError, EvaluationError) as exc:
+        print(f"python -m codaar.ablate: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run_ablation(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     modalities = tuple(args.modalities.split(","))
     variants = args.variants.split(",") if args.variants else study_variants(args.studies.split(","), modalities)
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
-        raise SystemExit(f"--seeds: expected comma-separated integers, found {args.seeds!r}") from None
+        raise AblationError(f"--seeds: expected comma-separated integers, found {args.seeds!r}") from None
     size = ["--modalities", args.modalities]
     for flag, value in (("--max-steps", args.steps), ("--dim", args.dim), ("--num-codes", args.num_codes),
                         ("--temporal-ffn-dim", args.temporal_ffn_dim), ("--text-lstm-dim", args.text_lstm_dim),

@@ -28,10 +28,10 @@ from torch import nn
 
 import codaar_kernels as ops
 from codaar_kernels.kmeans_init import kmeans_codebook
-from codaar.distributed import active as distributed_active
-from codaar.distributed import gather_batch
+from codaar.runtime.distributed import active as distributed_active
+from codaar.runtime.distributed import gather_batch
 from codaar.quantizer_config import QuantizerConfig
-from codaar.seeding import SEED_MIX
+from codaar.runtime.seeding import SEED_MIX
 
 _INIT_STREAM = 0x5EED1717  # the data-dependent init's generator: (reset_seed, this), apart from any reset step
 
@@ -286,8 +286,7 @@ class CrossModalQuantizer(nn.Module):
         """quantized [M, N, D] and the decoders' code [M, N, M*D], both z + sg(code - z)."""
         num_mod, num_frames, dim = z.shape
         codebook = codebook.detach()
-        own_codes = codebook.gather(1, idx.unsqueeze(-1).expand(-1, -1, dim))
-        quantized = z + (own_codes - z).detach()
+        quantized = z + (ops.own_codes(codebook, idx) - z).detach()
         if self.config.decoder_code == "concat_codes":
             # Eq. 9: one tri-modal code, every modality's own quantized latent, for all decoders
             tri = quantized.permute(1, 0, 2).reshape(num_frames, num_mod * dim)
@@ -295,8 +294,7 @@ class CrossModalQuantizer(nn.Module):
         # Authors: decoder m gets the full row E[k_m] (every modality's codeword at m's index), with
         # the gradient going to all encoders through the concatenated latents.
         all_latents = z.permute(1, 0, 2).reshape(1, num_frames, num_mod * dim)
-        rows = codebook[:, idx.reshape(-1)].view(num_mod, num_mod, num_frames, dim)  # [p, m, N, D]
-        rows = rows.permute(1, 2, 0, 3).reshape(num_mod, num_frames, num_mod * dim)
+        rows = ops.codes_at_indices(codebook, idx).permute(1, 2, 0, 3).reshape(num_mod, num_frames, num_mod * dim)
         return quantized, all_latents + (rows - all_latents).detach()
 
     @torch.no_grad()

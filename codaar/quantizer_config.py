@@ -1,14 +1,13 @@
-"""Configuration of the cross-modal quantizer: switches, and the two presets that name sets of them.
+"""Configuration of the cross-modal quantizer: switches, and the presets that name sets of them.
 
 `official` reproduces the authors' code that produced the published numbers; `paper` follows the
 equations as printed. Every quantizer difference of spec §8 is its own switch below; a preset only
-fills the switches the caller left at None.
+fills the switches the caller left unset (None).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from codaar.settings import SettingsError, setting, settings
 
 PRESETS: dict[str, dict[str, object]] = {
     "official": {
@@ -20,6 +19,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "csa_persistent": False,  # §8.7: CSA shifts only the lookup codebook
         "dqa_weight": 0.5,  # §8.8: global factor 0.5
         "reset_persistent": False,  # §8.10: reset rows not written to the EMA state
+        "codebook_init": "official",  # the authors' tiny uniform table (collapses at step 1, FINDINGS 1)
     },
     "paper": {
         "commit_self_weight": 0.25,  # Eq. 8: beta
@@ -30,91 +30,90 @@ PRESETS: dict[str, dict[str, object]] = {
         "csa_persistent": True,  # Sec. 4.2: the codewords are moved
         "dqa_weight": 1.0,  # Eq. 10: one CMCM term per pair
         "reset_persistent": True,  # Sec. 4: the code is re-initialised
+        "codebook_init": "official",
     },
 }
 
 DEFAULT_DTA_WEIGHTS = {1: (1.0, 0.0), 2: (0.75, 0.25), 3: (0.6, 0.2)}  # (self, cross); paper Sec. 4.1
-CHOICES = {
-    "commit_cross_target": ("partner_code", "same_index"),
-    "loss_reduction": ("mean", "sum"),
-    "decoder_code": ("own_index_row", "concat_codes"),
-    "codebook_init": ("official", "kmeans", "aligned-kmeans"),
-}
+CODEBOOK_INITS = ("official", "kmeans", "aligned-kmeans")
 
 
-@dataclass(frozen=True)
+@settings
 class QuantizerConfig:
     """All settings of `CrossModalQuantizer`. Fields left at None are filled from `preset`."""
 
-    modalities: tuple[str, ...] = ("video", "audio", "text")  # order of the [M, K, D] state and of full rows
-    num_codes: int = 800  # K
-    dim: int = 256  # D, per modality
-    preset: str = "official"
-    dta: bool = True  # Discrete Temporal Alignment: partners' latents enter the EMA sums (Eq. 4)
-    csa: bool = True  # Cascading Semantic Alignment (Eq. 6-7)
-    dqa: bool = True  # the CMCM loss
-    cascade: tuple[str, ...] | None = None  # CSA order; None = reversed(modalities): T->A->V, A->V
-    dta_self_weight: float | None = None  # None: 0.6 (three modalities) / 0.75 (two)
-    dta_cross_weight: float | None = None  # None: 0.2 / 0.25, per partner
-    decay: float = 0.99  # rho of Eq. 5
-    eps: float = 1e-5  # epsilon of Eq. 5 and of the Laplace smoothing
-    commit_self_weight: float | None = None
-    commit_cross_weight: float = 0.125  # beta / 2, the same in paper and code
-    commit_cross_target: str | None = None
-    loss_reduction: str | None = None
-    decoder_code: str | None = None
-    laplace_smoothing: bool | None = None
-    csa_persistent: bool | None = None
-    dqa_weight: float | None = None
-    reset_persistent: bool | None = None
-    dead_after: int = 300  # N_re: a code unused for more than this many steps is reset
-    active_window: int = 100  # reset sources: codes used within this many steps
-    reset_noise_std: float = 0.001
-    reset_seed: int = 0  # seeds the reset draws (a fresh generator per step, from seed and step)
-    # official: Uniform(-1/K, 1/K) drawn in float32 from torch's global RNG, EMA sums = a copy, counts 0
-    # (the authors'; collapses at step 1, see FINDINGS.md 1). kmeans: each modality's codebook from
-    # k-means++ on its own latents of the first training batch (indices not aligned). aligned-kmeans:
-    # k-means++ on the frames of all modalities concatenated; code k of every modality is the same
-    # (sample, time) frame. Both data-dependent inits run once, at the first update (or `initialize`),
-    # with EMA counts = frames per code (>= 1) and sums = codeword x count. Deviations from the authors.
-    codebook_init: str = "official"
-    init_iterations: int = 0  # Lloyd steps after the k-means++ seeding (0: codewords are the picked frames)
-    init_jitter: float = 1e-3  # K > distinct frames: duplicated picks get N(0, (jitter x RMS)^2) noise
-    # Guard (deviation from the authors, 0 = off): after the EMA a code whose count is below the floor
-    # is held at its previous codeword (count := floor, sum := codeword x floor) instead of W / ~eps.
-    count_floor: float = 0.0
-    deterministic: bool = False  # on GPU: sorted (bit-reproducible) instead of atomic DTA accumulation
-    sync_distributed: bool = True  # under torch.distributed, sum the step's DTA sums and counts over ranks
+    modalities: tuple[str, ...] = setting(("video", "audio", "text"), "modality names, comma-separated; their order "
+                                          "is the order of the [M, K, D] state and of full codebook rows (AV: "
+                                          "video,audio)")
+    num_codes: int = setting(800, "K: codes per modality", at_least=1)
+    dim: int = setting(256, "D: latent and code dimension per modality", at_least=1)
+    preset: str = setting("official", "official: the authors' code that produced the published numbers; paper: the "
+                          "equations as printed (a preset fills every switch left unset)", choices=tuple(PRESETS))
+    dta: bool = setting(True, "Discrete Temporal Alignment: partners' same-time latents enter the EMA sums (Eq. 4)")
+    csa: bool = setting(True, "Cascading Semantic Alignment of same-index codewords (Eq. 6-7)")
+    dqa: bool = setting(True, "DQA: the cross-modal code matching (CMCM) loss")
+    cascade: tuple[str, ...] | None = setting(None, "CSA order, e.g. text,audio,video (none: the modalities reversed: "
+                                              "T->A->V, AV: A->V)")
+    dta_self_weight: float | None = setting(None, "weight of a modality's own latents in its EMA sums (none: 0.6 "
+                                            "with three modalities, 0.75 with two)", at_least=0)
+    dta_cross_weight: float | None = setting(None, "weight of each partner's latents in the EMA sums (none: 0.2 / "
+                                             "0.25)", at_least=0)
+    decay: float = setting(0.99, "rho of Eq. 5: EMA decay of the code sums and counts", at_least=0, below=1)
+    eps: float = setting(1e-5, "epsilon of Eq. 5 and of the Laplace smoothing", above=0)
+    commit_self_weight: float | None = setting(None, "commitment weight to the own code (official 0.5, paper 0.25)",
+                                               at_least=0)
+    commit_cross_weight: float = setting(0.125, "commitment weight to each partner's code (beta / 2)", at_least=0)
+    commit_cross_target: str | None = setting(None, "partner_code: E_p[k_p] (official); same_index: E_p[k_m] "
+                                              "(paper Eq. 8)", choices=("partner_code", "same_index"))
+    loss_reduction: str | None = setting(None, "squared errors: mean over B*T*D (official) or summed over t and D, "
+                                         "mean over clips (paper)", choices=("mean", "sum"))
+    decoder_code: str | None = setting(None, "own_index_row: decoder m gets the full row E[k_m] (official); "
+                                       "concat_codes: every modality's own code (paper Eq. 9)",
+                                       choices=("own_index_row", "concat_codes"))
+    laplace_smoothing: bool | None = setting(None, "E = W / C~ with Laplace-smoothed counts (official) or W / (C + eps)")
+    csa_persistent: bool | None = setting(None, "the EMA continues from the CSA-moved codewords (paper) or CSA "
+                                          "moves only the lookup codebook (official)")
+    dqa_weight: float | None = setting(None, "factor of the CMCM loss (official 0.5, paper 1.0)", at_least=0)
+    reset_persistent: bool | None = setting(None, "dead-code resets are written into the EMA state (paper) or last "
+                                            "one step unless chosen (official)")
+    dead_after: int = setting(300, "N_re: a code unused for more than this many updates is reset", at_least=1)
+    active_window: int = setting(100, "reset sources: codes used within this many updates", at_least=1)
+    reset_noise_std: float = setting(0.001, "std of the noise added to a reset codeword", at_least=0)
+    reset_seed: int = setting(0, "seeds the reset draws (a fresh generator per update, from seed and update number); "
+                              "the trainer sets it from --seed", at_least=0, flag=False)
+    codebook_init: str | None = setting(
+        None, "official: the authors' Uniform(-1/K, 1/K) table with zero counts (codes a modality skips at step 1 "
+        "explode, so the codebook collapses until the first dead-code reset, ~300 updates); kmeans: each modality's "
+        "codebook from k-means++ on its own latents of the first training batch (indices not aligned); "
+        "aligned-kmeans: k-means++ on the frames of all modalities together, code k of every modality is the same "
+        "moment (none: the preset's)", choices=CODEBOOK_INITS)
+    init_iterations: int = setting(0, "Lloyd iterations after the k-means++ seeding of a data-dependent init",
+                                   at_least=0)
+    init_jitter: float = setting(1e-3, "K > distinct frames: duplicated picks get N(0, (jitter x RMS)^2) noise",
+                                 at_least=0)
+    count_floor: float = setting(0.0, "guard, not in the authors' code: a code whose EMA count falls below this is "
+                                 "held at its previous codeword instead of dividing by ~eps (0: off)", at_least=0)
+    deterministic: bool = setting(False, "bit-reproducible (sorted) DTA accumulation on GPU instead of atomic adds")
+    sync_distributed: bool = setting(True, "under torch.distributed, sum the step's DTA sums and counts over ranks",
+                                     flag=False)
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"QuantizerConfig.preset: expected one of {sorted(PRESETS)}, got {self.preset!r}")
+        self.validate_fields()
         for name, value in PRESETS[self.preset].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
-        object.__setattr__(self, "modalities", tuple(self.modalities))
         mods = self.modalities
         if not mods or len(set(mods)) != len(mods):
-            raise ValueError(f"QuantizerConfig.modalities: expected distinct names, got {mods!r}")
-        cascade = tuple(reversed(mods)) if self.cascade is None else tuple(self.cascade)
+            raise SettingsError("modalities", "distinct names, at least one", ",".join(mods))
+        cascade = tuple(reversed(mods)) if self.cascade is None else self.cascade
         if sorted(cascade) != sorted(mods):
-            raise ValueError(f"QuantizerConfig.cascade: expected an order of {mods!r}, got {cascade!r}")
+            raise SettingsError("cascade", f"an order of {','.join(mods)}", ",".join(cascade))
         object.__setattr__(self, "cascade", cascade)
         default_self, default_cross = DEFAULT_DTA_WEIGHTS.get(len(mods), (1.0 / len(mods),) * 2)
         if self.dta_self_weight is None:
             object.__setattr__(self, "dta_self_weight", default_self)
         if self.dta_cross_weight is None:
             object.__setattr__(self, "dta_cross_weight", default_cross)
-        if self.num_codes < 1 or self.dim < 1:
-            raise ValueError(f"QuantizerConfig: num_codes and dim must be >= 1, got {self.num_codes}, {self.dim}")
-        if self.count_floor < 0 or self.init_iterations < 0 or self.init_jitter < 0:
-            raise ValueError(f"QuantizerConfig: count_floor, init_iterations and init_jitter must be >= 0, got "
-                             f"{self.count_floor}, {self.init_iterations}, {self.init_jitter}")
-        if not 0.0 <= self.decay < 1.0:
-            raise ValueError(f"QuantizerConfig.decay: expected 0 <= decay < 1, got {self.decay}")
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"QuantizerConfig.{name}: expected one of {allowed}, got {getattr(self, name)!r}")
 
     @property
     def num_modalities(self) -> int:
@@ -124,11 +123,3 @@ class QuantizerConfig:
         """(self, cross) weights of the EMA sums: DTA off is plain per-modality EMA k-means."""
         return (self.dta_self_weight, self.dta_cross_weight) if self.dta else (1.0, 0.0)
 
-    def replace(self, **changes: object) -> QuantizerConfig:
-        """A copy with some fields changed; preset-filled switches follow a new preset."""
-        if "preset" in changes:
-            current = dataclasses.asdict(self)
-            for name in PRESETS[self.preset]:
-                if name not in changes and current[name] == PRESETS[self.preset][name]:
-                    changes[name] = None
-        return dataclasses.replace(self, **changes)

@@ -8,6 +8,7 @@ N = B*T frames, K codes, D dims.
 """
 
 from .assign import assign_reference, assign_with_soft_usage_reference, soft_usage_reference, squared_distances
+from .codes import codes_at_indices, own_codes
 from .dead_code_reset import reset_dead_codes_reference
 from .dispatch import (
     BACKENDS,
@@ -38,6 +39,7 @@ __all__ = [
     "cmcm_pair_reference",
     "cmcm_reference",
     "code_counts",
+    "codes_at_indices",
     "codebook_alignment",
     "commitment_reference",
     "csa_cascade_",
@@ -46,6 +48,7 @@ __all__ = [
     "ema_denominator",
     "index_agreement",
     "mode_agreement_count",
+    "own_codes",
     "perplexity",
     "reset_dead_codes_reference",
     "soft_usage_reference",

@@ -6,6 +6,8 @@ import itertools
 
 import torch
 
+from .codes import codes_at_indices, own_codes
+
 CROSS_TARGETS = ("partner_code", "same_index")
 REDUCTIONS = ("mean", "sum")
 
@@ -35,11 +37,10 @@ def commitment_reference(
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     num_mod, num_frames, dim = z.shape
     codebook = codebook.detach()
-    own_codes = codebook.gather(1, idx.unsqueeze(-1).expand(-1, -1, dim))  # [M, N, D] = E_m[k_m]
     if cross_target == "partner_code":
-        targets = own_codes.unsqueeze(0).expand(num_mod, -1, -1, -1)  # [m, p] -> E_p[k_p]
+        targets = own_codes(codebook, idx).unsqueeze(0).expand(num_mod, -1, -1, -1)  # [m, p] -> E_p[k_p]
     else:
-        targets = codebook[:, idx.reshape(-1)].view(num_mod, num_mod, num_frames, dim).transpose(0, 1)  # E_p[k_m]
+        targets = codes_at_indices(codebook, idx).transpose(0, 1)  # [m, p] -> E_p[k_m]
     sq_err = (z.unsqueeze(1) - targets).pow(2)  # [m, p, N, D]
     if reduction == "mean":
         per_target = sq_err.mean(dim=(2, 3))

@@ -7,8 +7,8 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from codaar import checkpoint as ckpt
 from codaar.quantizer import CrossModalQuantizer
+from codaar.train import checkpoint as ckpt
 from codaar.train import main
 
 MODS = ("video", "audio", "text")
@@ -101,7 +101,7 @@ def test_trainer_flags_end_to_end_and_exact_resume(tmp_path, capsys):
     lines = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert {"codes_recent/text", "codes_dead/video", "max_abs_codeword/audio"} <= lines[0].keys()
     config = json.loads((tmp_path / "straight" / "config.json").read_text())
-    assert config["model"]["quantizer_overrides"]["codebook_init"] == "aligned-kmeans"
+    assert config["model"]["quantizer"]["codebook_init"] == "aligned-kmeans"
 
     # stop after 1 step, resume to 2: the init is in the checkpoint and does not run again
     main(args + ["--out", str(tmp_path / "split"), "--max-steps", "1"])

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from codaar import train
-from codaar.evaluate import evaluate, label_mapping, load_class_map
-from codaar.evaluation import metrics
-from codaar.evaluation.features import check_compatible, load_eval_data, load_pretrained, require_labels
-from codaar.evaluation.protocols import HeadSettings, Task, run_ave, run_avvp, run_retrieval
+from codaar.evaluate import EvaluationError, metrics
+from codaar.evaluate.run import evaluate, label_mapping, load_class_map
+from codaar.evaluate.features import check_compatible, load_eval_data, load_pretrained, require_labels
+from codaar.evaluate.protocols import HeadSettings, Task, run_ave, run_avvp, run_retrieval
+from codaar.train import main as train_main
 
 TINY = ["--dim", "32", "--num-codes", "16", "--temporal-ffn-dim", "64", "--text-lstm-dim", "16",
         "--pretrain-clips", "120", "--batch-size", "20", "--max-steps", "4", "--no-progress"]
@@ -24,7 +24,7 @@ FAST_AVVP = HeadSettings(lr=1e-3, batch_size=256, epochs=3)
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("evalrun") / "run"
-    train.main(["--out", str(out), *TINY])
+    train_main(["--out", str(out), *TINY])
     return out
 
 
@@ -119,35 +119,35 @@ def test_cross_dataset_transfer_and_class_map(loaded, run_dir, tmp_path):
     assert result["clean"]["ave"]["_info"]["audio"]["clips"] == int(keep[b.splits["test"]].sum())
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"no such class": names[0]}))
-    with pytest.raises(SystemExit, match="no such class"):
+    with pytest.raises(EvaluationError, match="no such class"):
         evaluate(run_dir, tasks=("ave",), transfer_preset="avvp", class_map=str(bad), plots=False)
 
 
 # ---------------------------------------------------------------------------------- bad input
 def test_bad_inputs_give_clear_messages(loaded, run_dir, tmp_path):
     pretrained, data = loaded
-    with pytest.raises(SystemExit, match="checkpoint: .*no checkpoint here"):
+    with pytest.raises(EvaluationError, match="checkpoint: .*no checkpoint here"):
         load_pretrained(tmp_path)
     no_text = replace(data, text_table=None)
-    with pytest.raises(SystemExit, match=r"video/audio/text model; expected modalities .* found \['audio', 'video'\]"):
+    with pytest.raises(EvaluationError, match=r"video/audio/text model; expected modalities .* found \['audio', 'video'\]"):
         check_compatible(pretrained, no_text)
     small_audio = replace(data, audio=np.zeros(data.audio.shape[:2] + (64,), np.float32))
-    with pytest.raises(SystemExit, match=r"field 'audio': expected \[128\] features per step .* found \[64\]"):
+    with pytest.raises(EvaluationError, match=r"field 'audio': expected \[128\] features per step .* found \[64\]"):
         check_compatible(pretrained, small_audio)
     unlabeled = replace(data, labels={})
-    with pytest.raises(SystemExit, match="field 'labels': protocol AVE needs per-segment labels"):
+    with pytest.raises(EvaluationError, match="field 'labels': protocol AVE needs per-segment labels"):
         require_labels(unlabeled, None, "AVE")
-    with pytest.raises(SystemExit, match="field 'labels'"):
+    with pytest.raises(EvaluationError, match="field 'labels'"):
         run_ave(Task(pretrained, unlabeled, unlabeled), "audio", ["video"], FAST_AVE)
     # a checkpoint whose weights do not fit its settings
     meta_path = Path(pretrained.path) / "meta.json"
     broken = tmp_path / "ckpt"
     broken.mkdir()
     meta = json.loads(meta_path.read_text())
-    meta["model_config"]["dim"] = 48
+    meta["model_config"]["quantizer"]["dim"] = 48
     (broken / "meta.json").write_text(json.dumps(meta))
     (broken / "tensors.safetensors").write_bytes((Path(pretrained.path) / "tensors.safetensors").read_bytes())
-    with pytest.raises(SystemExit, match="tensors.safetensors: the weights do not fit"):
+    with pytest.raises(EvaluationError, match="tensors.safetensors: the weights do not fit"):
         load_pretrained(broken)
 
 
@@ -167,4 +167,4 @@ def test_cli_end_to_end(run_dir, tmp_path):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     bad = subprocess.run([sys.executable, "-m", "codaar.evaluate", str(tmp_path / "nothing")],
                          capture_output=True, text=True, timeout=60)
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "no checkpoint here" in bad.stderr
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "no checkpoint here" in bad.stderr

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from codaar.distributed import ProcessGroup
-from codaar.graph_step import GraphedTrainStep
-from codaar.train import Trainer
-from codaar.train_config import parse_config
+from codaar.runtime.distributed import ProcessGroup
+from codaar.train.config import parse_config
+from codaar.train.graph_step import GraphedTrainStep
+from codaar.train.loop import Trainer
 from test_train import TINY
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -14,11 +14,11 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
 import codaar_kernels as ops
-from codaar.distributed import ProcessGroup
-from codaar.graph_step import GraphedTrainStep
+from codaar.runtime.distributed import ProcessGroup
 from codaar.quantizer import CrossModalQuantizer
-from codaar.train import Trainer
-from codaar.train_config import parse_config
+from codaar.train.config import parse_config
+from codaar.train.graph_step import GraphedTrainStep
+from codaar.train.loop import Trainer, TrainingError
 from host_sync import ForbidHostSync, HostSync
 from test_train import TINY
 
@@ -118,9 +118,9 @@ def test_fixed_shape_model_step_never_syncs(tmp_path):
 
     trainer.optimizer.step, step.optimize = adam_outside_the_check, checked_optimize
     values, indices = step(batch, torch.Generator().manual_seed(1))
-    assert torch.isfinite(values["loss"]) and set(indices) == set(trainer.cfg.modalities)
+    assert torch.isfinite(values["loss"]) and set(indices) == set(trainer.model_config.modalities)
 
 
 def test_cuda_graph_option_needs_cuda(tmp_path):
-    with pytest.raises(SystemExit, match="--cuda-graph needs one process on a CUDA device"):
+    with pytest.raises(TrainingError, match="--cuda-graph needs one process on a CUDA device"):
         _trainer(tmp_path, "run", "--cuda-graph")

@@ -183,9 +183,9 @@ def test_codes_lookup_is_frozen_and_matches_quantizer():
 def test_config_builds_the_quantizer_config():
     config = small_config(
         modalities=AVT, preset="paper", dta=False, csa=True, dqa=False, cascade=("audio", "text", "video"),
-        quantizer_overrides={"dead_after": 50, "loss_reduction": "mean"},
+        dead_after=50, loss_reduction="mean",
     )
-    q = config.quantizer_config()
+    q = config.quantizer
     assert (q.modalities, q.num_codes, q.dim, q.preset) == (AVT, 16, 8, "paper")
     assert (q.dta, q.csa, q.dqa, q.cascade) == (False, True, False, ("audio", "text", "video"))
     assert q.dead_after == 50 and q.loss_reduction == "mean" and q.decoder_code == "concat_codes"
@@ -212,7 +212,7 @@ def test_float64_model_runs():
 
 
 def test_nvtx_range_is_a_no_op_without_cuda():
-    from codaar.model.nvtx import nvtx_range
+    from codaar.runtime.profiling import nvtx_range
 
     with nvtx_range("encoders"):
         value = 1

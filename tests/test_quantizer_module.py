@@ -154,12 +154,12 @@ def test_presets_are_named_sets_of_switches():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        (dict(preset="nope"), "QuantizerConfig.preset"),
-        (dict(cascade=("text", "audio")), "QuantizerConfig.cascade"),
-        (dict(modalities=("audio", "audio")), "QuantizerConfig.modalities"),
-        (dict(loss_reduction="max"), "QuantizerConfig.loss_reduction"),
-        (dict(num_codes=0), "num_codes"),
-        (dict(decay=1.0), "QuantizerConfig.decay"),
+        (dict(preset="nope"), "setting 'preset': expected one of official, paper, found 'nope'"),
+        (dict(cascade=("text", "audio")), "setting 'cascade': expected an order of video,audio,text"),
+        (dict(modalities=("audio", "audio")), "setting 'modalities': expected distinct names"),
+        (dict(loss_reduction="max"), "setting 'loss_reduction': expected one of mean, sum, found 'max'"),
+        (dict(num_codes=0), "setting 'num_codes': expected an integer >= 1, found 0"),
+        (dict(decay=1.0), "setting 'decay': expected a finite number >= 0 and < 1, found 1.0"),
     ],
 )
 def test_bad_configuration_is_named(settings, message):

@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from codaar import checkpoint as ckpt
+from codaar.train import checkpoint as ckpt
 from codaar.train import main
-from codaar.train_config import build_parser, parse_config
+from codaar.train.config import build_parser, parse_config
 
 TINY = ["--dim", "32", "--num-codes", "16", "--temporal-ffn-dim", "64", "--text-lstm-dim", "16",
         "--pretrain-clips", "120", "--batch-size", "20", "--no-progress"]
@@ -45,14 +45,24 @@ def test_help_documents_every_option_with_its_default():
     assert "--num-codes" in text and "(default: 800)" in text
 
 
-def test_config_file_then_flags(tmp_path):
+def exits_with_usage_error(capsys, run, *expected: str) -> None:
+    """A user error: status 2, one line on stderr naming the problem, no traceback."""
+    with pytest.raises(SystemExit) as exited:
+        run()
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, (text, err)
+
+
+def test_config_file_then_flags(tmp_path, capsys):
     settings = tmp_path / "run.toml"
     settings.write_text('epochs = 3\nmodalities = ["video", "audio"]\nlr = 1e-3\n')
     cfg = parse_config(["--config", str(settings), "--lr", "2e-4"])
-    assert cfg.epochs == 3 and cfg.modalities == ("video", "audio") and cfg.lr == 2e-4
+    assert cfg.epochs == 3 and cfg.model.modalities == ("video", "audio") and cfg.lr == 2e-4
     (tmp_path / "bad.json").write_text('{"epoch": 3}')
-    with pytest.raises(SystemExit, match="unknown settings \\['epoch'\\]"):
-        parse_config(["--config", str(tmp_path / "bad.json")])
+    exits_with_usage_error(capsys, lambda: parse_config(["--config", str(tmp_path / "bad.json")]),
+                           "setting 'epoch'", "an unknown name")
 
 
 def test_run_summary_metrics_and_refusal_to_overwrite(tmp_path, capsys):
@@ -67,10 +77,10 @@ def test_run_summary_metrics_and_refusal_to_overwrite(tmp_path, capsys):
             "cpc_acc/audio<-video", "codes_reset"} <= lines[0].keys()
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["video_input"] == "vector" and config["train"]["max_steps"] == 4
-    with pytest.raises(SystemExit, match="already holds a run"):
-        main(TINY + ["--out", str(run), "--max-steps", "4"])
-    with pytest.raises(SystemExit, match="setting 'dim' was 32"):
-        main(TINY + ["--out", str(run), "--resume", "--dim", "16", "--modalities", "video,audio"])
+    exits_with_usage_error(capsys, lambda: main(TINY + ["--out", str(run), "--max-steps", "4"]), "already holds a run")
+    exits_with_usage_error(capsys, lambda: main(TINY + ["--out", str(run), "--resume", "--dim", "16",
+                                                        "--modalities", "video,audio"]),
+                           "setting 'dim' (--dim) was 32 in the run, now 16")
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):

@@ -1,6 +1,7 @@
 """The CoDAAR network: encoders, decoders, CPC, and the model that ties them to the quantizer."""
 
-from codaar.model.codaar_model import CoDAARModel, ModelConfig, ModelOutput
+from codaar.model.codaar_model import CoDAARModel, ModelOutput
+from codaar.model.config import ModelConfig
 from codaar.model.cpc import CPCOutput, CrossModalCPC, cpc_loss, cpc_pairs
 from codaar.model.decoders import (
     CodeProjection,
@@ -18,7 +19,6 @@ from codaar.model.encoders import (
     TemporalModule,
     TextTokenLSTM,
 )
-from codaar.model.nvtx import nvtx_range
 
 __all__ = [
     "CPCOutput",
@@ -39,6 +39,5 @@ __all__ = [
     "VectorDecoder",
     "cpc_loss",
     "cpc_pairs",
-    "nvtx_range",
     "reconstruction_loss",
 ]

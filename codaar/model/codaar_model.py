@@ -8,14 +8,13 @@ The quantizer (codebooks, DTA, CSA, DQA, commitment, straight-through codes) is
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from codaar.model.cpc import VARIANTS as CPC_VARIANTS
+from codaar.model.config import ModelConfig
 from codaar.model.cpc import CrossModalCPC
 from codaar.model.decoders import SpatialVideoDecoder, VectorDecoder, reconstruction_loss
 from codaar.model.encoders import (
@@ -27,82 +26,8 @@ from codaar.model.encoders import (
     TemporalModule,
     TextTokenLSTM,
 )
-from codaar.model.nvtx import nvtx_range
 from codaar.quantizer import CrossModalQuantizer, LookupOutput
-from codaar.quantizer_config import PRESETS, QuantizerConfig
-
-KNOWN_MODALITIES = ("video", "audio", "text")
-VIDEO_INPUTS = ("spatial", "vector")
-CPC_VARIANT_OF_PRESET = {"official": "official", "paper": "paper"}  # spec §8.9
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Every size and switch of the model. Defaults are the authors' AVT model (spec §2)."""
-
-    modalities: tuple[str, ...] = ("video", "audio", "text")  # AV: ("video", "audio"); order of full codebook rows
-    # inputs
-    audio_dim: int = 128  # d_a (VGGish)
-    video_input: str = "spatial"  # "spatial": [B, T, H, W, C] maps; "vector": [B, T, d_v]
-    video_dim: int = 512  # C of the spatial map, or d_v of vector features
-    text_dim: int = 768  # d_text of the token embeddings (BERT)
-    # encoders
-    dim: int = 256  # D: latent / code dim per modality
-    projection_dim: int = 256  # width of P_a, P_t and vector-video P_v
-    video_gate_dim: int = 64  # channel-gate bottleneck (512 -> 64 -> 512)
-    video_hidden_channels: int = 1024  # P_v first conv; also the video decoder's hidden width
-    video_projection_channels: int = 2048  # P_v output channels
-    text_lstm_dim: int = 128  # per direction; the text features are 2x this
-    temporal_heads: int = 4
-    temporal_ffn_dim: int = 1024
-    temporal_layers: int = 2
-    dropout: float = 0.1
-    # quantizer
-    num_codes: int = 800  # K
-    preset: str = "official"  # "official" (authors' code) | "paper" (equations as printed)
-    dta: bool = True
-    csa: bool = True
-    dqa: bool = True
-    cascade: tuple[str, ...] | None = None  # CSA order; None = reversed(modalities): T->A->V, A->V
-    quantizer_overrides: Mapping[str, object] = field(default_factory=dict)  # any other QuantizerConfig field
-    # CPC
-    cpc: bool = True
-    cpc_variant: str | None = None  # None: follows preset ("official" / "paper", spec §8.9)
-    cpc_context_dim: int = 256
-    cpc_layers: int = 2
-    cpc_prediction_steps: int = 1  # H
-    cpc_self_weight: float = 0.1  # self-modal pairs (official variant only)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "modalities", tuple(self.modalities))
-        unknown = [m for m in self.modalities if m not in KNOWN_MODALITIES]
-        if unknown or len(set(self.modalities)) != len(self.modalities) or not self.modalities:
-            raise ValueError(f"ModelConfig.modalities: expected distinct names from {KNOWN_MODALITIES}, "
-                             f"got {self.modalities!r}")
-        if self.video_input not in VIDEO_INPUTS:
-            raise ValueError(f"ModelConfig.video_input: expected one of {VIDEO_INPUTS}, got {self.video_input!r}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"ModelConfig.preset: expected one of {sorted(PRESETS)}, got {self.preset!r}")
-        if self.cpc_variant is None:
-            object.__setattr__(self, "cpc_variant", CPC_VARIANT_OF_PRESET[self.preset])
-        if self.cpc_variant not in CPC_VARIANTS:
-            raise ValueError(f"ModelConfig.cpc_variant: expected one of {CPC_VARIANTS}, got {self.cpc_variant!r}")
-        if self.dim % self.temporal_heads:
-            raise ValueError(f"ModelConfig: dim {self.dim} must be divisible by temporal_heads {self.temporal_heads}")
-        object.__setattr__(self, "quantizer_overrides", dict(self.quantizer_overrides))
-
-    def quantizer_config(self) -> QuantizerConfig:
-        return QuantizerConfig(
-            modalities=self.modalities, num_codes=self.num_codes, dim=self.dim, preset=self.preset,
-            dta=self.dta, csa=self.csa, dqa=self.dqa, cascade=self.cascade, **self.quantizer_overrides,
-        )
-
-    def replace(self, **changes: object) -> ModelConfig:
-        """A copy with some fields changed; a CPC variant that followed the old preset follows the new one."""
-        if "preset" in changes and "cpc_variant" not in changes:
-            if self.cpc_variant == CPC_VARIANT_OF_PRESET[self.preset]:
-                changes["cpc_variant"] = None
-        return dataclasses.replace(self, **changes)
+from codaar.runtime.profiling import nvtx_range
 
 
 @dataclass
@@ -130,7 +55,7 @@ class CoDAARModel(nn.Module):
         cfg = config
         # Construction order follows the authors' (text LSTM, quantizer, encoders, CPC, decoders).
         self.text_lstm = TextTokenLSTM(cfg.text_dim, cfg.text_lstm_dim) if "text" in cfg.modalities else None
-        self.quantizer = CrossModalQuantizer(cfg.quantizer_config())
+        self.quantizer = CrossModalQuantizer(cfg.quantizer)
         self.encoders = nn.ModuleDict({m: self._build_encoder(m) for m in cfg.modalities})
         self.cpc = (
             CrossModalCPC(
@@ -140,6 +65,8 @@ class CoDAARModel(nn.Module):
             if cfg.cpc else None
         )
         self.decoders = nn.ModuleDict({m: self._build_decoder(m) for m in cfg.modalities})
+        # CPC's t* on the device, for steps captured in a CUDA graph (see prepare_step)
+        self.register_buffer("_cpc_t_star", torch.zeros((), dtype=torch.long), persistent=False)
 
     # ------------------------------------------------------------------------------ building
     def _input_dim(self, modality: str) -> int:
@@ -220,6 +147,22 @@ class CoDAARModel(nn.Module):
             losses["cpc"] = cpc.loss
         total = sum(losses.values())
         return ModelOutput(loss=total, losses=losses, metrics=metrics, indices=quantized.indices)
+
+    def prepare_step(self, steps: int, cpc_generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """The host-side work of a training step whose device work is captured in a CUDA graph (or
+        runs with fixed shapes): draws CPC's t* as the ordinary step does and writes it to a device
+        tensor, and prepares the quantizer's codebook update (which puts it in `capturable` mode).
+        Returns the keyword inputs of `forward` for that step; call it before every step or replay."""
+        self.quantizer.capturable = True
+        self.quantizer.prepare_update()
+        if self.cpc is None:
+            return {}
+        self._cpc_t_star.fill_(self.cpc.draw_t_star(steps, cpc_generator))
+        return {"cpc_t_star": self._cpc_t_star}
+
+    def graph_generators(self) -> list[torch.Generator]:
+        """The generators a captured step draws from, to register with the graph (after prepare_step)."""
+        return [self.quantizer.reset_rng]
 
     # ----------------------------------------------------------------------------- inference
     def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:

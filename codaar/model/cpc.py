@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from codaar.distributed import gather_batch
+from codaar.runtime.distributed import gather_batch
 
 VARIANTS = ("official", "paper")
 

@@ -1,31 +1,30 @@
 """Loading a checkpoint and a data set for evaluation, with clear errors; frozen code features.
 
 Every problem with the inputs (a folder that is no checkpoint, a model from another setting, feature
-sizes that do not match, missing labels) ends in `SystemExit` with a message naming the file or
+sizes that do not match, missing labels) raises `EvaluationError` with a message naming the file or
 field, what was expected and what was found -- never a traceback from inside the model.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from codaar import checkpoint as ckpt
 from codaar.data import DataFormatError, TriModalData, build_synthetic, load_dataset, synthetic_config
-from codaar.model import CoDAARModel, ModelConfig
-
-TUPLE_FIELDS = ("modalities", "cascade")
+from codaar.evaluate.errors import EvaluationError
+from codaar.model import CoDAARModel
+from codaar.train import checkpoint as ckpt
+from codaar.train.config import TrainConfig, saved_configs
 
 
 @dataclass
 class Pretrained:
     model: CoDAARModel
     meta: dict  # checkpoint meta.json
-    train_config: dict  # TrainConfig fields of the run
+    train_config: TrainConfig  # the run's settings
     path: Path  # the checkpoint folder
 
     @property
@@ -42,31 +41,22 @@ def load_pretrained(path: str | Path) -> Pretrained:
     try:
         tensors, meta = ckpt.load_checkpoint(Path(path))
         folder = ckpt.resolve_checkpoint(Path(path))
+        train_config, model_config = saved_configs(meta, str(folder / "meta.json"))
     except ckpt.CheckpointError as exc:
-        raise SystemExit(f"checkpoint: {exc}") from None
-    fields = meta.get("model_config")
-    if not isinstance(fields, dict):
-        raise SystemExit(f"{folder / 'meta.json'}: field 'model_config': expected the model's settings, found "
-                         f"{type(fields).__name__}")
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise SystemExit(f"{folder / 'meta.json'}: field 'model_config' has settings this version does not know: "
-                         f"{unknown} (expected a subset of {sorted(known)})")
-    values = {k: (tuple(v) if k in TUPLE_FIELDS and v is not None else v) for k, v in fields.items()}
+        raise EvaluationError(f"checkpoint: {exc}") from None
     try:
-        model = CoDAARModel(ModelConfig(**values))
+        model = CoDAARModel(model_config)
         model.load_state_dict(ckpt.prefixed(tensors, "model"))
     except (ValueError, TypeError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0][:400]
-        raise SystemExit(f"{folder / 'tensors.safetensors'}: the weights do not fit the model of meta.json "
-                         f"'model_config' ({first})") from None
+        raise EvaluationError(f"{folder / 'tensors.safetensors'}: the weights do not fit the model of meta.json "
+                              f"'model_config' ({first})") from None
     model.float()
     model.quantizer.freeze(True)
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
-    return Pretrained(model, meta, dict(meta.get("config") or {}), folder)
+    return Pretrained(model, meta, train_config, folder)
 
 
 def load_eval_data(pretrained: Pretrained, data_dir: str | None = None, data_preset: str | None = None,
@@ -77,20 +67,20 @@ def load_eval_data(pretrained: Pretrained, data_dir: str | None = None, data_pre
     try:
         if data_dir is not None:
             data = load_dataset(data_dir)
-        elif data_preset is None and cfg.get("data"):
-            data = load_dataset(cfg["data"])
+        elif data_preset is None and cfg.data:
+            data = load_dataset(cfg.data)
         else:
-            same = data_preset is None or data_preset == cfg.get("data_preset")
-            preset = data_preset or cfg.get("data_preset") or "default"
+            same = data_preset is None or data_preset == cfg.data_preset
+            preset = data_preset or cfg.data_preset
             overrides = {}
-            if same and cfg.get("pretrain_clips") is not None:
-                overrides["num_pretrain"] = cfg["pretrain_clips"]
-            seed = data_seed if data_seed is not None else int(cfg.get("data_seed", 0))
+            if same and cfg.pretrain_clips is not None:
+                overrides["num_pretrain"] = cfg.pretrain_clips
+            seed = data_seed if data_seed is not None else cfg.data_seed
             data = build_synthetic(synthetic_config(preset, seed=seed, **overrides))
     except DataFormatError as exc:
-        raise SystemExit(f"data: {exc}") from None
+        raise EvaluationError(f"data: {exc}") from None
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"data: {exc}") from None
+        raise EvaluationError(f"data: {exc}") from None
     check_compatible(pretrained, data)
     return data
 
@@ -101,8 +91,8 @@ def check_compatible(pretrained: Pretrained, data: TriModalData, name: str = "da
     where = data.root if data.root is not None else f"<built-in {data.info.get('preset', 'data set')}>"
     missing = [m for m in cfg.modalities if m not in data.modalities]
     if missing:
-        raise SystemExit(f"{name} {where}: the checkpoint {pretrained.path} is a {'/'.join(cfg.modalities)} model; "
-                         f"expected modalities {list(cfg.modalities)}, found {list(data.modalities)}")
+        raise EvaluationError(f"{name} {where}: the checkpoint {pretrained.path} is a {'/'.join(cfg.modalities)} model; "
+                              f"expected modalities {list(cfg.modalities)}, found {list(data.modalities)}")
     expected = {"audio": (cfg.audio_dim,),
                 "video": (cfg.video_dim,) if cfg.video_input == "vector" else None,
                 "text": (cfg.text_dim,)}
@@ -111,11 +101,11 @@ def check_compatible(pretrained: Pretrained, data: TriModalData, name: str = "da
         want = expected[m]
         if want is None:  # spatial video: [H, W, C]
             if len(shape) != 3 or shape[-1] != cfg.video_dim:
-                raise SystemExit(f"{name} {where}: field '{m}': expected spatial features [H, W, {cfg.video_dim}] "
-                                 f"per step (model_config of {pretrained.path}), found {list(shape)}")
+                raise EvaluationError(f"{name} {where}: field '{m}': expected spatial features [H, W, {cfg.video_dim}] "
+                                      f"per step (model_config of {pretrained.path}), found {list(shape)}")
         elif tuple(shape) != want:
-            raise SystemExit(f"{name} {where}: field '{m}': expected {list(want)} features per step "
-                             f"(model_config of {pretrained.path}), found {list(shape)}")
+            raise EvaluationError(f"{name} {where}: field '{m}': expected {list(want)} features per step "
+                                  f"(model_config of {pretrained.path}), found {list(shape)}")
 
 
 def require_labels(data: TriModalData, modality: str | None, protocol: str, name: str = "data") -> np.ndarray:
@@ -123,15 +113,15 @@ def require_labels(data: TriModalData, modality: str | None, protocol: str, name
     try:
         return data.segment_labels(modality)
     except KeyError:
-        raise SystemExit(f"{name} {where}: field 'labels': protocol {protocol} needs per-segment labels "
-                         f"('segment' or per-modality), found {sorted(data.labels) or 'none'}") from None
+        raise EvaluationError(f"{name} {where}: field 'labels': protocol {protocol} needs per-segment labels "
+                              f"('segment' or per-modality), found {sorted(data.labels) or 'none'}") from None
 
 
 def require_split(data: TriModalData, split: str, protocol: str, name: str = "data") -> np.ndarray:
     if split not in data.splits or len(data.splits[split]) == 0:
         where = data.root if data.root is not None else "<built-in data set>"
-        raise SystemExit(f"{name} {where}: field 'splits.{split}': protocol {protocol} needs a non-empty "
-                         f"'{split}' split, found {sorted(k for k, v in data.splits.items() if len(v))}")
+        raise EvaluationError(f"{name} {where}: field 'splits.{split}': protocol {protocol} needs a non-empty "
+                              f"'{split}' split, found {sorted(k for k, v in data.splits.items() if len(v))}")
     return np.asarray(data.splits[split])
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from codaar.settings import SettingsError
+
 
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -65,10 +67,13 @@ class ProcessGroup:
 def init_from_env(device: str = "auto") -> ProcessGroup:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), if any.
 
-    nccl with one GPU per process when CUDA is used, gloo on CPUs."""
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    device: auto, cpu, cuda or cuda:N (one process; under torchrun each process takes the GPU of
+    its LOCAL_RANK). nccl with one GPU per process when CUDA is used, gloo on CPUs."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise SettingsError("device", "a device of this machine (it has no CUDA device)", device)
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return ProcessGroup(device=torch.device("cuda" if use_cuda else "cpu"))
+        return ProcessGroup(device=torch.device(device if device.startswith("cuda:") else "cuda" if use_cuda else "cpu"))
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
     if use_cuda:
         torch.cuda.set_device(local)

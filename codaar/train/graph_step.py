@@ -5,12 +5,11 @@ as one graph: no Python and no launch overhead per operation, which is most of a
 on a GPU. Capture needs a step with fixed shapes that reads everything that changes between steps
 from device memory, and that never waits for the host:
   - the batch is copied into fixed input buffers before each replay;
-  - CPC's t* is drawn on the host as in the ordinary step and written to a device tensor:
-    `CrossModalCPC` then picks the LSTM output at t* by index instead of slicing;
-  - the learning rate is a device tensor of a capturable Adam;
-  - the quantizer runs `capturable`: its host-side bookkeeping (seeding the dead-code reset
-    generator for the update) happens here before each replay, and that generator is registered
-    with the graph. Dropout draws from torch's default CUDA generator, reseeded every step by the
+  - the model's host-side work happens before each replay, in `CoDAARModel.prepare_step`: CPC's t*
+    is drawn as in the ordinary step and written to a device tensor (`CrossModalCPC` then picks the
+    LSTM output at t* by index instead of slicing), and the quantizer, in `capturable` mode, seeds
+    its dead-code reset generator for the update; that generator is registered with the graph;
+  - the learning rate is a device tensor of a capturable Adam; Dropout draws from torch's default CUDA generator, reseeded every step by the
     trainer as before; graphs read its seed and offset at each replay.
 The first `warmup` steps run the same function eagerly on the capture stream (lazy initialisation
 (cuBLAS handles, Triton compilation, Adam's state) cannot happen inside a capture); the next step
@@ -83,14 +82,12 @@ class GraphedTrainStep:
         self.device = next(model.parameters()).device
         if capture and self.device.type != "cuda":
             raise ValueError(f"GraphedTrainStep: capturing a CUDA graph needs a model on CUDA, not {self.device}")
-        self.cpc = model.cpc
-        self.quantizer = model.quantizer
-        self.quantizer.capturable = True
+        self.model = model
         self.optimize = optimize
         self.capture, self.warmup = capture, warmup
         if self.device.type == "cuda":
             make_adam_capturable(optimizer, self.device)
-        self.t_star = torch.zeros((), dtype=torch.long, device=self.device)
+        self.model_inputs: dict[str, torch.Tensor] = {}  # device tensors the step reads (CPC's t*)
         self.stream = torch.cuda.Stream(self.device) if capture else None
         self.inputs: dict[str, torch.Tensor] | None = None  # the captured step reads these
         self.outputs: StepOutputs | None = None  # and writes these, at every replay
@@ -103,9 +100,7 @@ class GraphedTrainStep:
 
         The outputs of a replayed step are the graph's buffers: read them before the next step."""
         steps = next(iter(batch.values())).shape[1]
-        if self.cpc is not None:
-            self.t_star.fill_(self.cpc.draw_t_star(steps, cpc_generator))
-        self.quantizer.prepare_update()
+        self.model_inputs = self.model.prepare_step(steps, cpc_generator)
         self.steps_run += 1
         if not self.capture or self.steps_run <= self.warmup or not self._fits(batch):
             return self._eager(batch)
@@ -116,9 +111,6 @@ class GraphedTrainStep:
         self.graph.replay()
         return self.outputs
 
-    def _model_inputs(self) -> dict[str, torch.Tensor]:
-        return {"cpc_t_star": self.t_star} if self.cpc is not None else {}
-
     def _fits(self, batch: Mapping[str, torch.Tensor]) -> bool:
         if self.inputs is None:
             return True
@@ -126,11 +118,11 @@ class GraphedTrainStep:
 
     def _eager(self, batch: Mapping[str, torch.Tensor]) -> StepOutputs:
         def step() -> StepOutputs:
-            return self.optimize(batch, **self._model_inputs())
+            return self.optimize(batch, **self.model_inputs)
 
         return step() if self.stream is None else run_on_stream(self.stream, step)
 
     def _capture(self, batch: Mapping[str, torch.Tensor]) -> None:
         self.inputs = {m: x.detach().clone() for m, x in batch.items()}
-        self.graph, self.outputs = capture_graph(lambda: self.optimize(self.inputs, **self._model_inputs()),
-                                                 self.stream, [self.quantizer.reset_rng])
+        self.graph, self.outputs = capture_graph(lambda: self.optimize(self.inputs, **self.model_inputs),
+                                                 self.stream, self.model.graph_generators())

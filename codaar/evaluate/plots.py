@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from codaar.evaluate.errors import EvaluationError
+
 COLORS = {"audio": "tab:blue", "video": "tab:orange", "text": "tab:green"}
 
 
@@ -23,12 +25,12 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("plots need matplotlib: pip install matplotlib (or pass --no-plots)") from None
+        raise EvaluationError("plots need matplotlib: pip install matplotlib (or pass --no-plots)") from None
     return plt
 
 
 def test_indices(pretrained, data) -> dict[str, np.ndarray]:
-    from codaar.evaluation.features import code_features
+    from codaar.evaluate.features import code_features
 
     clips = np.asarray(data.split("test") if "test" in data.splits else np.arange(min(500, data.num_clips)))
     return {m: code_features(pretrained.model, data, m, clips)["indices"].numpy().ravel() for m in pretrained.modalities}

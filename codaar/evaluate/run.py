@@ -1,26 +1,15 @@
-"""`python -m codaar.evaluate CHECKPOINT`: the downstream protocols of a pretrained CoDAAR model.
+"""`evaluate(checkpoint, ...)`: the downstream protocols of one pretrained checkpoint, as tables.
 
 Encoders and codebooks are frozen; light heads train on one modality's quantized codes and are scored
-zero-shot on the others (METHOD §6):
-
-* AVE-style event classification (head: Linear -> max over T -> Linear; CE), every direction; the
-  authors' batch-wise macro "precision" and plain accuracy;
-* AVVP-style segment localisation (per-segment 4-Linear head; BCE), precision / recall / F1 at 0.5
-  over all segment x class cells (the paper's "segment-level accuracy" is the precision);
-* zero-shot retrieval by cosine similarity of time-mean code rows, Recall@1/5/10 both ways;
-* cross-dataset transfer (`--transfer-data`, `--class-map`), tables like the paper's Tables 1-3,
-  and PNG plots (codebook usage, index agreement over training, PCA of same-index codewords).
-
-`--protocol clean` (default) or `official` (the authors' scripts as coded) or `both`; see
-`codaar.evaluation.protocols` for exactly what differs.
+zero-shot on the others (METHOD §6); see `protocols` for the tasks and the `clean` / `official`
+variants. Cross-dataset transfer maps the test data's classes onto the training data's
+(`--class-map`). The command line is `python -m codaar.evaluate` (`__main__`).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -28,9 +17,10 @@ import numpy as np
 import torch
 
 from codaar.data import DataFormatError, TriModalData, build_synthetic, load_dataset, synthetic_config
-from codaar.evaluation import tables
-from codaar.evaluation.features import Pretrained, check_compatible, load_eval_data, load_pretrained
-from codaar.evaluation.protocols import (
+from codaar.evaluate import tables
+from codaar.evaluate.errors import EvaluationError
+from codaar.evaluate.features import Pretrained, check_compatible, load_eval_data, load_pretrained
+from codaar.evaluate.protocols import (
     AVE_DEFAULTS,
     AVVP_DEFAULTS,
     PROTOCOLS,
@@ -53,23 +43,23 @@ def load_class_map(path: str | Path) -> dict[str, str]:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise SystemExit(f"--class-map {path}: unreadable ({exc.strerror})") from None
+        raise EvaluationError(f"--class-map {path}: unreadable ({exc.strerror})") from None
     if path.suffix.lower() == ".json":
         try:
             mapping = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise SystemExit(f"--class-map {path}: invalid JSON ({exc})") from None
+            raise EvaluationError(f"--class-map {path}: invalid JSON ({exc})") from None
         if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
-            raise SystemExit(f"--class-map {path}: expected a JSON object of class name -> class name, "
-                             f"found {type(mapping).__name__}")
+            raise EvaluationError(f"--class-map {path}: expected a JSON object of class name -> class name, "
+                                  f"found {type(mapping).__name__}")
         return dict(mapping)
     mapping = {}
     for line, row in enumerate(csv.reader(text.splitlines()), 1):
         if not row or (line == 1 and [c.strip().lower() for c in row] == ["source", "target"]):
             continue
         if len(row) != 2:
-            raise SystemExit(f"--class-map {path}: line {line}: expected 2 columns (class in A, class in B), "
-                             f"found {len(row)}")
+            raise EvaluationError(f"--class-map {path}: line {line}: expected 2 columns (class in A, class in B), "
+                                  f"found {len(row)}")
         mapping[row[0].strip()] = row[1].strip()
     return mapping
 
@@ -80,9 +70,9 @@ def label_mapping(a: TriModalData, b: TriModalData, mapping: dict[str, str] | No
     if mapping is None:
         if list(a.class_names) != list(b.class_names):
             if set(a.class_names) != set(b.class_names):
-                raise SystemExit("cross-dataset transfer: the class names of the two data sets differ "
-                                 f"(training data: {len(a.class_names)} classes, test data: {len(b.class_names)}); "
-                                 "give --class-map FILE (JSON or CSV: class in training data -> class in test data)")
+                raise EvaluationError("cross-dataset transfer: the class names of the two data sets differ "
+                                      f"(training data: {len(a.class_names)} classes, test data: {len(b.class_names)}); "
+                                      "give --class-map FILE (JSON or CSV: class in training data -> class in test data)")
         mapping = {name: name for name in a.class_names}
     a_index = {n: i for i, n in enumerate(a.class_names)}
     b_index = {n: i for i, n in enumerate(b.class_names)}
@@ -90,11 +80,11 @@ def label_mapping(a: TriModalData, b: TriModalData, mapping: dict[str, str] | No
     matrix[-1, -1] = 1.0  # background
     for name_a, name_b in mapping.items():
         if name_a not in a_index:
-            raise SystemExit(f"{source}: class {name_a!r}: expected a class of the training data, found none "
-                             f"(it has {a.class_names[:5]}...)")
+            raise EvaluationError(f"{source}: class {name_a!r}: expected a class of the training data, found none "
+                                  f"(it has {a.class_names[:5]}...)")
         if name_b not in b_index:
-            raise SystemExit(f"{source}: class {name_b!r}: expected a class of the test data, found none "
-                             f"(it has {b.class_names[:5]}...)")
+            raise EvaluationError(f"{source}: class {name_b!r}: expected a class of the test data, found none "
+                                  f"(it has {b.class_names[:5]}...)")
         matrix[b_index[name_b], a_index[name_a]] = 1.0
     unmapped = matrix[:-1].sum(axis=1) == 0  # B classes without an A counterpart
     keep = np.ones(b.num_clips, bool)
@@ -102,7 +92,7 @@ def label_mapping(a: TriModalData, b: TriModalData, mapping: dict[str, str] | No
         present = np.asarray(labels)[..., :-1].max(axis=1) > 0  # [N, C_B]
         keep &= ~(present & unmapped[None, :]).any(axis=1)
     if not keep.any():
-        raise SystemExit(f"{source}: no clip of the test data has only mapped classes")
+        raise EvaluationError(f"{source}: no clip of the test data has only mapped classes")
     return matrix, keep
 
 
@@ -113,7 +103,7 @@ def load_other_data(pretrained: Pretrained, folder: str | None, preset: str | No
         else:
             data = build_synthetic(synthetic_config(preset, seed=seed if seed is not None else 0))
     except (DataFormatError, OSError, ValueError) as exc:
-        raise SystemExit(f"--transfer-data: {exc}") from None
+        raise EvaluationError(f"--transfer-data: {exc}") from None
     check_compatible(pretrained, data, name="transfer data")
     return data
 
@@ -135,10 +125,10 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
         data_b = load_other_data(pretrained, transfer_data, transfer_preset, transfer_seed)
         label_map, keep = label_mapping(data_a, data_b, load_class_map(class_map) if class_map else None)
     elif class_map is not None:
-        raise SystemExit("--class-map needs --transfer-data or --transfer-preset (the data set to test on)")
+        raise EvaluationError("--class-map needs --transfer-data or --transfer-preset (the data set to test on)")
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
-        raise SystemExit(f"--tasks: expected names from {TASKS}, found {unknown}")
+        raise EvaluationError(f"--tasks: expected names from {TASKS}, found {unknown}")
     mods = pretrained.modalities
     pairs = directions or tables.directions(mods)
     ave_settings = with_settings(AVE_DEFAULTS, **(ave or {}))
@@ -167,7 +157,7 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
     if out is not None:
         write_report(result, Path(out), protocols)
         if plots:
-            from codaar import plots as plotting
+            from codaar.evaluate import plots as plotting
 
             plotting.plot_all(pretrained, data_a, Path(out))
     return result
@@ -211,59 +201,3 @@ def write_report(result: dict, out: Path, protocols) -> str:
     text = "\n".join(parts)
     tables.write(out, "tables", text, result)
     return text
-
-
-# ------------------------------------------------------------------------------------------ CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m codaar.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("checkpoint", help="a run folder (uses checkpoints/latest) or a checkpoint folder")
-    p.add_argument("--data", help="data folder in the project's format (default: the built-in data set the "
-                   "checkpoint was pretrained on, from its config)")
-    p.add_argument("--data-preset", help="built-in data set preset instead (default|paper|avvp)")
-    p.add_argument("--data-seed", type=int, help="seed of the built-in data set (default: the checkpoint's)")
-    p.add_argument("--protocol", default="clean", choices=PROTOCOLS + ("both",))
-    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ",".join(TASKS))
-    p.add_argument("--head-input", default="row", choices=("row", "code"),
-                   help="row: full codebook row at the modality's own index (authors); code: own codeword "
-                   "(clean only)")
-    for task, d in (("ave", AVE_DEFAULTS), ("avvp", AVVP_DEFAULTS)):
-        p.add_argument(f"--{task}-lr", type=float, default=d.lr)
-        p.add_argument(f"--{task}-batch-size", type=int, default=d.batch_size)
-        p.add_argument(f"--{task}-epochs", type=int, default=d.epochs,
-                       help="official: the authors' n_epoch (head epochs = n_epoch - checkpoint epoch - 1)")
-    p.add_argument("--transfer-data", help="cross-dataset: score on this data folder (data set B)")
-    p.add_argument("--transfer-preset", help="cross-dataset: score on this built-in preset (data set B)")
-    p.add_argument("--transfer-seed", type=int, help="seed of the built-in data set B")
-    p.add_argument("--class-map", help="JSON or CSV: class name in the training data -> class name in data set B")
-    p.add_argument("--out", default=None, help="output folder (default: <run folder>/eval)")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--name", help="row label in the tables (default: the run folder's name)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    return p
-
-
-def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
-    out = Path(args.out) if args.out else None
-    if out is None:
-        ckpt_path = Path(args.checkpoint)
-        out = (ckpt_path if (ckpt_path / "config.json").is_file() else ckpt_path.parent.parent) / "eval"
-    result = evaluate(
-        args.checkpoint, data=args.data, data_preset=args.data_preset, data_seed=args.data_seed, protocols=protocols,
-        tasks=tuple(t for t in args.tasks.split(",") if t), head_input=args.head_input,
-        ave={"lr": args.ave_lr, "batch_size": args.ave_batch_size, "epochs": args.ave_epochs},
-        avvp={"lr": args.avvp_lr, "batch_size": args.avvp_batch_size, "epochs": args.avvp_epochs},
-        transfer_data=args.transfer_data, transfer_preset=args.transfer_preset, transfer_seed=args.transfer_seed,
-        class_map=args.class_map, out=out, plots=not args.no_plots, name=args.name,
-        log=lambda s: print(s, file=sys.stderr))
-    print((out / "tables.md").read_text())
-    print(f"written: {out}/tables.md, tables.json" + ("" if args.no_plots else ", *.png"))
-    return result
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
-"""`python -m codaar.train`: pretrain CoDAAR, from a laptop CPU to `torchrun` on a multi-GPU node.
+"""The training loop: a `Trainer` runs one `TrainConfig` from a laptop CPU to `torchrun` on a node.
 
-With no arguments: AVT on the built-in data set, the authors' recipe (Adam 4e-4, batch 80,
+With the defaults: AVT on the built-in data set, the authors' recipe (Adam 4e-4, batch 80,
 per-module gradient clipping 0.5), float32, a progress bar, per-step metrics in
 `runs/codaar/metrics.jsonl`, checkpoints in `runs/codaar/checkpoints/`, a summary at the end.
 
@@ -25,15 +25,21 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from codaar import checkpoint as ckpt
-from codaar import distributed
 from codaar.data import TriModalData, build_synthetic, load_dataset, synthetic_config
 from codaar.data.loader import TriModalDataset
-from codaar.graph_step import GraphedTrainStep, set_learning_rate
 from codaar.model import CoDAARModel, ModelConfig
-from codaar.model.nvtx import nvtx_range
-from codaar.seeding import derived_seed
-from codaar.train_config import TrainConfig, parse_config
+from codaar.runtime import distributed
+from codaar.runtime.profiling import nvtx_range
+from codaar.runtime.schedule import step_decay
+from codaar.runtime.seeding import derived_seed
+from codaar.train import checkpoint as ckpt
+from codaar.train.config import TrainConfig, resume_differences, saved_configs
+from codaar.train.graph_step import GraphedTrainStep, set_learning_rate
+
+
+class TrainingError(Exception):
+    """A run that cannot start or continue as asked (the message says why and what to do)."""
+
 
 # ----------------------------------------------------------------------------------- data
 def load_data(cfg: TrainConfig) -> TriModalData:
@@ -43,24 +49,18 @@ def load_data(cfg: TrainConfig) -> TriModalData:
     return build_synthetic(synthetic_config(cfg.data_preset, seed=cfg.data_seed, **overrides))
 
 
-def model_config(cfg: TrainConfig, data: TriModalData) -> ModelConfig:
-    """Input sizes come from the data; the rest from the run's settings."""
-    missing = [m for m in cfg.modalities if m not in data.modalities]
+def resolve_model_config(cfg: TrainConfig, data: TriModalData) -> ModelConfig:
+    """The run's model: input sizes from the data, the reset draws seeded by the run's seed."""
+    modalities = cfg.model.modalities
+    missing = [m for m in modalities if m not in data.modalities]
     if missing:
-        raise SystemExit(f"--modalities {','.join(cfg.modalities)}: the data has no {missing} "
-                         f"(it has {list(data.modalities)})")
+        raise TrainingError(f"--modalities {','.join(modalities)}: the data has no {missing} "
+                            f"(it has {list(data.modalities)})")
     video = data.feature_shape("video")
-    text_dim = data.feature_shape("text")[-1] if "text" in cfg.modalities else 768
-    return ModelConfig(
-        modalities=cfg.modalities, audio_dim=data.feature_shape("audio")[-1],
-        video_input="spatial" if len(video) == 3 else "vector", video_dim=video[-1], text_dim=text_dim,
-        dim=cfg.dim, num_codes=cfg.num_codes, temporal_ffn_dim=cfg.temporal_ffn_dim,
-        text_lstm_dim=cfg.text_lstm_dim, dropout=cfg.dropout, preset=cfg.preset, cpc=cfg.cpc, dta=cfg.dta,
-        csa=cfg.csa, dqa=cfg.dqa, cascade=cfg.cascade,
-        quantizer_overrides={"deterministic": cfg.deterministic, "reset_seed": cfg.seed,
-                             "codebook_init": cfg.codebook_init, "init_iterations": cfg.init_iterations,
-                             "count_floor": cfg.count_floor},
-    )
+    text_dim = data.feature_shape("text")[-1] if "text" in modalities else 768
+    return cfg.model.replace(audio_dim=data.feature_shape("audio")[-1],
+                             video_input="spatial" if len(video) == 3 else "vector", video_dim=video[-1],
+                             text_dim=text_dim, reset_seed=cfg.seed)
 
 
 class EpochBatches:
@@ -71,12 +71,12 @@ class EpochBatches:
     def __init__(self, num_clips: int, cfg: TrainConfig, group: distributed.ProcessGroup):
         self.num_clips, self.cfg, self.group = num_clips, cfg, group
         if cfg.batch_size % group.world_size:
-            raise SystemExit(f"--batch-size {cfg.batch_size} must split evenly over {group.world_size} processes")
+            raise TrainingError(f"--batch-size {cfg.batch_size} must split evenly over {group.world_size} processes")
         full, rest = divmod(num_clips, cfg.batch_size)
         keep_rest = rest and not cfg.drop_last and rest % group.world_size == 0
         self.steps_per_epoch = full + bool(keep_rest)
         if self.steps_per_epoch == 0:
-            raise SystemExit(f"split has {num_clips} clips, fewer than one batch of {cfg.batch_size}")
+            raise TrainingError(f"split {cfg.split!r} has {num_clips} clips, fewer than one batch of {cfg.batch_size}")
 
     def __call__(self, epoch: int, first_step: int = 0) -> list[np.ndarray]:
         generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, 1, epoch))
@@ -91,7 +91,7 @@ class EpochBatches:
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
     """MultiStepLR stepped per epoch, as the authors do (milestones 10, 20, 30; gamma 0.5)."""
-    return cfg.lr * cfg.lr_gamma ** sum(epoch >= m for m in cfg.lr_milestones)
+    return step_decay(cfg.lr, cfg.lr_gamma, cfg.lr_milestones, epoch)
 
 
 # ---------------------------------------------------------------------------------- trainer
@@ -107,9 +107,9 @@ class Trainer:
         self.total_steps = cfg.epochs * self.batches.steps_per_epoch
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
-        self.dataset = TriModalDataset(self.data, cfg.split, modalities=cfg.modalities, dtype=self.dtype)
+        self.dataset = TriModalDataset(self.data, cfg.split, modalities=cfg.model.modalities, dtype=self.dtype)
 
-        self.model_config = model_config(cfg, self.data)
+        self.model_config = resolve_model_config(cfg, self.data)
         torch.manual_seed(cfg.seed)  # the same initial weights and codebooks on every rank
         self.model = CoDAARModel(self.model_config).to(self.device, self.dtype)
         self.ddp = (DistributedDataParallel(self.model, broadcast_buffers=False)  # codebooks sync by all-reduce
@@ -131,22 +131,17 @@ class Trainer:
         has_run = (self.run_dir / "checkpoints" / ckpt.LATEST).is_file()
         if not self.cfg.resume:
             if has_run:
-                raise SystemExit(f"{self.run_dir} already holds a run: continue it with --resume, "
-                                 f"or choose another --out")
+                raise TrainingError(f"{self.run_dir} already holds a run: continue it with --resume, "
+                                    f"or choose another --out")
             if self.group.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
-                config = {"train": self.cfg.to_json(), "model": _jsonable(self.model_config)}
-                (self.run_dir / "config.json").write_text(json.dumps(config, indent=1))
+                self._write_config(resumes=[])
                 self.metrics_path.write_text("")
             return 0
         if not has_run:
-            raise SystemExit(f"--resume: {self.run_dir} has no checkpoint to resume from")
+            raise TrainingError(f"--resume: {self.run_dir} has no checkpoint to resume from")
         tensors, meta = ckpt.load_checkpoint(self.run_dir)
-        saved = meta["config"]
-        for key in ("preset", "modalities", "dim", "num_codes", "batch_size", "seed", "data", "data_preset"):
-            now = _jsonable(getattr(self.cfg, key))
-            if saved.get(key) != now:
-                raise SystemExit(f"--resume: setting {key!r} was {saved.get(key)!r} in {self.run_dir}, now {now!r}")
+        self._check_resume(meta)
         self.model.load_state_dict(ckpt.prefixed(tensors, "model"))
         self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
         for group in self.optimizer.param_groups:  # as saved by a --cuda-graph run; its step sets it again
@@ -157,19 +152,45 @@ class Trainer:
             _atomic_write(self.metrics_path, "".join(line + "\n" for line in kept))
         return meta["step"]
 
+    def _check_resume(self, meta: dict) -> None:
+        """Refuse settings that must match the checkpoint's; announce and record those that change the run."""
+        where = ckpt.resolve_checkpoint(self.run_dir) / "meta.json"
+        saved_train, saved_model = saved_configs(meta, str(where))
+        refused, changed = resume_differences(saved_train, self.cfg, saved_model, self.model_config)
+        if refused:
+            raise TrainingError(f"--resume {self.run_dir}: " + "; ".join(refused))
+        if self.group.is_main:
+            previous = self._read_config().get("resumes", [])
+            record = {"step": meta["step"], "changed": {name: [old, new] for name, old, new in changed}}
+            self._write_config(resumes=previous + [record])
+            for name, old, new in changed:
+                print(f"resume: {name} {old!r} -> {new!r} (changes the run from step {meta['step']} on; "
+                      f"recorded in {self.run_dir / 'config.json'})")
+
+    def _read_config(self) -> dict:
+        try:
+            return json.loads((self.run_dir / "config.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write_config(self, resumes: list[dict]) -> None:
+        """config.json: the run's settings now, the resolved model, and what each resume changed."""
+        config = {"train": self.cfg.to_dict(), "model": self.model_config.to_dict(), "resumes": resumes}
+        _atomic_write(self.run_dir / "config.json", json.dumps(config, indent=1))
+
     def _save(self) -> Path | None:
         if not self.group.is_main:
             return None
         tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         optimizer_tensors, optimizer_meta = ckpt.flatten_optimizer(self.optimizer)
         tensors.update(optimizer_tensors)
-        meta = {"config": self.cfg.to_json(), "model_config": _jsonable(self.model_config),
+        meta = {"config": self.cfg.to_dict(), "model_config": self.model_config.to_dict(),
                 "optimizer": optimizer_meta, "epoch": self.step // self.batches.steps_per_epoch}
         return ckpt.save_checkpoint(self.run_dir, self.step, tensors, meta, keep=self.cfg.keep_checkpoints)
 
     def _graph_step(self) -> GraphedTrainStep:
         if self.device.type != "cuda" or self.group.world_size > 1:
-            raise SystemExit(f"--cuda-graph needs one process on a CUDA device; this run has "
+            raise TrainingError(f"--cuda-graph needs one process on a CUDA device; this run has "
                              f"{self.group.world_size} process(es) on {self.device.type}")
         return GraphedTrainStep(self.model, self.optimizer, self.optimize)
 
@@ -177,7 +198,7 @@ class Trainer:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise SystemExit("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            raise TrainingError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
     # ------------------------------------------------------------------------------ steps
@@ -185,7 +206,7 @@ class Trainer:
         items = self.dataset.__getitems__(positions)
         pin = self.device.type == "cuda"
         batch = {}
-        for m in self.cfg.modalities:
+        for m in self.model_config.modalities:
             stacked = torch.stack([item[m] for item in items])
             batch[m] = (stacked.pin_memory() if pin else stacked).to(self.device, non_blocking=True)
         return batch
@@ -257,7 +278,7 @@ class Trainer:
         return self._summary(recent, used, (self.step - first_step) / max(elapsed, 1e-9), elapsed)
 
     def _postfix(self, record: dict) -> dict:
-        mods = self.cfg.modalities
+        mods = self.model_config.modalities
         postfix = {"loss": f"{record['loss']:.3f}"}
         postfix.update({f"ppl_{m[0]}": f"{record[f'perplexity/{m}']:.1f}" for m in mods})
         for a, b in itertools.combinations(mods, 2):
@@ -265,7 +286,7 @@ class Trainer:
         return postfix
 
     def _summary(self, recent, used, steps_per_second: float, elapsed: float) -> dict:
-        cfg, mods = self.cfg, self.cfg.modalities
+        cfg, model_cfg, mods = self.cfg, self.model_config, self.model_config.modalities
         mean = {key: float(np.mean([r[key] for r in recent])) for key in recent[-1]} if recent else {}
         summary = {"steps": self.step, "steps_per_second": steps_per_second, "seconds": elapsed,
                    "run_dir": str(self.run_dir), "last_epoch_mean": mean}
@@ -280,14 +301,15 @@ class Trainer:
         if not self.group.is_main:
             return summary
         lines = [f"\nCoDAAR pretraining: {self.step} steps ({self.step / self.batches.steps_per_epoch:.1f} epochs), "
-                 f"{'/'.join(mods)}, preset {cfg.preset}, codebook init {cfg.codebook_init}, {self.dtype}, {self.group.world_size} process(es) on "
+                 f"{'/'.join(mods)}, preset {model_cfg.preset}, codebook init {model_cfg.quantizer.codebook_init}, "
+                 f"{self.dtype}, {self.group.world_size} process(es) on "
                  f"{self.device.type}, {elapsed:.0f} s ({steps_per_second:.2f} steps/s)",
                  f"  loss {mean.get('loss', math.nan):.4f} (mean over the last {len(recent)} steps): " + ", ".join(
                      f"{k} {mean[k]:.4f}" for k in mean if k.startswith(("rec/", "commit/", "dqa", "cpc"))
                      and not k.startswith("cpc_acc"))]
         for m in mods:
             lines.append(f"  {m:<6} perplexity {mean.get(f'perplexity/{m}', math.nan):7.1f}   codes used in the "
-                         f"last epoch {summary[f'codes_used/{m}']}/{cfg.num_codes}, in the last {window} steps "
+                         f"last epoch {summary[f'codes_used/{m}']}/{model_cfg.num_codes}, in the last {window} steps "
                          f"{summary[f'codes_recent/{m}']:.0f}, max |codeword| {summary[f'max_abs_codeword/{m}']:.3g}")
         for a, b in itertools.combinations(mods, 2):
             lines.append(f"  index agreement {a}-{b}: {mean.get(f'agreement/{a}-{b}', math.nan):.3f} of frames")
@@ -304,31 +326,7 @@ def _to_host(values: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(values, stacked.tolist()))
 
 
-def _jsonable(value):
-    """Dataclasses and tuples as plain JSON values (what config.json and checkpoints store)."""
-    if hasattr(value, "__dataclass_fields__"):
-        return {k: _jsonable(v) for k, v in vars(value).items()}
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
-
-
 def _atomic_write(path: Path, text: str) -> None:
     staging = path.with_name(path.name + ".tmp")
     staging.write_text(text)
     os.replace(staging, path)
-
-
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(argv)
-    group = distributed.init_from_env(cfg.device)
-    try:
-        return Trainer(cfg, group).run()
-    finally:
-        distributed.shutdown()
-
-
-if __name__ == "__main__":
-    main()

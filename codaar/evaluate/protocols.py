@@ -20,6 +20,7 @@ Two protocol variants (`protocol=`):
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -28,7 +29,10 @@ from torch import nn
 
 from codaar.data import TriModalData, video_level_class
 
+from codaar.runtime.schedule import step_decay
+
 from . import metrics
+from .errors import EvaluationError
 from .features import Pretrained, code_features, require_labels, require_split
 from .heads import AVEHead, AVVPHead, ExpLogLoss
 
@@ -68,10 +72,10 @@ class Task:
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
-            raise SystemExit(f"--protocol: expected one of {PROTOCOLS}, found {self.protocol!r}")
+            raise EvaluationError(f"--protocol: expected one of {PROTOCOLS}, found {self.protocol!r}")
         if self.protocol == "official" and self.head_input != "row":
-            raise SystemExit("--head-input: the official protocol uses the full codebook row ('row'), "
-                             f"found {self.head_input!r}")
+            raise EvaluationError("--head-input: the official protocol uses the full codebook row ('row'), "
+                                  f"found {self.head_input!r}")
 
     @property
     def cross_dataset(self) -> bool:
@@ -116,10 +120,6 @@ class Task:
         return range(settings.epochs)
 
 
-def _lr(settings: HeadSettings, head_epoch: int) -> float:
-    return settings.lr * settings.gamma ** sum(head_epoch >= m for m in settings.milestones)
-
-
 def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
     order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
@@ -138,6 +138,29 @@ def _train_epoch(task: Task, head: nn.Module, params: list, optimizer, loss_fn, 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, settings.clip_norm)
         optimizer.step()
+
+
+def _fit(task: Task, head: nn.Module, params: list, optimizer, loss_fn, modality: str, clips: np.ndarray,
+         targets: torch.Tensor, settings: HeadSettings, cached: torch.Tensor | None,
+         validate: Callable[[int], float | None]) -> tuple[int | None, list[float]]:
+    """Train the head for the task's epochs (step-decay learning rate). After each epoch `validate(epoch)`
+    gives the selection score, or None where nothing is selected; the head ends at its best-scoring
+    epoch. Returns (that epoch or None, the scores)."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    best_state, best_value, best_epoch, history = None, -1.0, None, []
+    for i, _ in enumerate(task.head_epochs(settings)):
+        for group in optimizer.param_groups:
+            group["lr"] = step_decay(settings.lr, settings.gamma, settings.milestones, i)
+        _train_epoch(task, head, params, optimizer, loss_fn, modality, clips, targets, settings, generator, cached)
+        value = validate(i)
+        if value is None:
+            continue
+        history.append(value)
+        if value > best_value:
+            best_state, best_value, best_epoch = copy.deepcopy(head.state_dict()), value, i
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    return best_epoch, history
 
 
 @torch.no_grad()
@@ -174,25 +197,17 @@ def run_ave(task: Task, source: str, targets: list[str], settings: HeadSettings 
     optimizer = torch.optim.Adam(params, lr=settings.lr)
     loss_fn = nn.CrossEntropyLoss()
     targets_t = torch.from_numpy(y_train[train])
-    generator = torch.Generator().manual_seed(settings.seed)
     epochs = task.head_epochs(settings)
     modalities = [source] + [m for m in targets if m != source]
 
-    best, best_value, best_epoch, history = None, -1.0, None, []
+    def validate(_epoch: int) -> float | None:
+        return None if official else metrics.accuracy(_predict(head, x_val).argmax(-1).numpy(), y_val)
+
     if not official:
         val = task.val_split()
         x_val, y_val = task.features(a, source, val), video_level_class(task.labels(a, None, "AVE")[val])
-    for i, _ in enumerate(epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(settings, i)
-        _train_epoch(task, head, params, optimizer, loss_fn, source, train, targets_t, settings, generator, x_train)
-        if not official:
-            value = metrics.accuracy(_predict(head, x_val).argmax(-1).numpy(), y_val)
-            history.append(value)
-            if value > best_value:
-                best, best_value, best_epoch = copy.deepcopy(head.state_dict()), value, i
-    if best is not None:
-        head.load_state_dict(best)
+    best_epoch, history = _fit(task, head, params, optimizer, loss_fn, source, train, targets_t, settings, x_train,
+                               validate)
 
     results = {}
     eval_generator = torch.Generator().manual_seed(settings.seed + 1) if official else None
@@ -233,7 +248,6 @@ def run_avvp(task: Task, source: str, targets: list[str], settings: HeadSettings
     else:
         loss_fn = bce
     optimizer = torch.optim.Adam(params, lr=settings.lr)
-    generator = torch.Generator().manual_seed(settings.seed)
     x_train = None if official else task.features(a, source, train)
 
     def score(m: str, clips: np.ndarray, data: TriModalData) -> dict:
@@ -243,30 +257,25 @@ def run_avvp(task: Task, source: str, targets: list[str], settings: HeadSettings
 
     epochs = task.head_epochs(settings)
     best: dict[str, tuple[float, dict, int]] = {}
-    best_state, best_f1, best_epoch = None, -1.0, None
+
+    def validate(epoch: int) -> float | None:
+        if not official:
+            return score(source, val, a)["f1"]
+        for m in modalities:  # best precision over epochs, chosen on each test modality itself (as coded)
+            s = score(m, score_clips, b)
+            if m not in best or s["precision"] > best[m][0]:
+                best[m] = (s["precision"], s, epoch)
+        return None
+
     if not official:
         val = task.val_split()
-    for i, _ in enumerate(epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(settings, i)
-        _train_epoch(task, head, params, optimizer, loss_fn, source, train, y_train, settings, generator, x_train)
-        if official:  # best precision over epochs, chosen on each test modality itself (as coded)
-            for m in modalities:
-                s = score(m, score_clips, b)
-                if m not in best or s["precision"] > best[m][0]:
-                    best[m] = (s["precision"], s, i)
-        else:
-            f1 = score(source, val, a)["f1"]
-            if f1 > best_f1:
-                best_state, best_f1, best_epoch = copy.deepcopy(head.state_dict()), f1, i
+    best_epoch, _ = _fit(task, head, params, optimizer, loss_fn, source, train, y_train, settings, x_train, validate)
 
     results = {}
     if official:
         for m in modalities:
             results[m] = dict(best[m][1], best_epoch=best[m][2]) if m in best else score(m, score_clips, b)
     else:
-        if best_state is not None:
-            head.load_state_dict(best_state)
         for m in modalities:
             results[m] = score(m, score_clips, b)
     results["_info"] = {

@@ -1,0 +1,89 @@
+"""`python -m codaar.evaluate CHECKPOINT`: the downstream protocols of a pretrained CoDAAR model.
+
+* AVE-style event classification (head: Linear -> max over T -> Linear; CE), every direction; the
+  authors' batch-wise macro "precision" and plain accuracy;
+* AVVP-style segment localisation (per-segment 4-Linear head; BCE), precision / recall / F1 at 0.5
+  over all segment x class cells (the paper's "segment-level accuracy" is the precision);
+* zero-shot retrieval by cosine similarity of time-mean code rows, Recall@1/5/10 both ways;
+* cross-dataset transfer (`--transfer-data`, `--class-map`), tables like the paper's Tables 1-3,
+  and PNG plots (codebook usage, index agreement over training, PCA of same-index codewords).
+
+`--protocol clean` (default) or `official` (the authors' scripts as coded) or `both`; see
+`codaar.evaluate.protocols` for exactly what differs. A user error (no checkpoint, data that does
+not fit the model, missing labels) prints one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from codaar.evaluate.errors import EvaluationError
+from codaar.evaluate.protocols import AVE_DEFAULTS, AVVP_DEFAULTS, PROTOCOLS
+from codaar.evaluate.run import TASKS, evaluate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m codaar.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="a run folder (uses checkpoints/latest) or a checkpoint folder")
+    p.add_argument("--data", help="data folder in the project's format (default: the built-in data set the "
+                   "checkpoint was pretrained on, from its config)")
+    p.add_argument("--data-preset", help="built-in data set preset instead (default|paper|avvp)")
+    p.add_argument("--data-seed", type=int, help="seed of the built-in data set (default: the checkpoint's)")
+    p.add_argument("--protocol", default="clean", choices=PROTOCOLS + ("both",))
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ",".join(TASKS))
+    p.add_argument("--head-input", default="row", choices=("row", "code"),
+                   help="row: full codebook row at the modality's own index (authors); code: own codeword "
+                   "(clean only)")
+    for task, d in (("ave", AVE_DEFAULTS), ("avvp", AVVP_DEFAULTS)):
+        p.add_argument(f"--{task}-lr", type=float, default=d.lr)
+        p.add_argument(f"--{task}-batch-size", type=int, default=d.batch_size)
+        p.add_argument(f"--{task}-epochs", type=int, default=d.epochs,
+                       help="official: the authors' n_epoch (head epochs = n_epoch - checkpoint epoch - 1)")
+    p.add_argument("--transfer-data", help="cross-dataset: score on this data folder (data set B)")
+    p.add_argument("--transfer-preset", help="cross-dataset: score on this built-in preset (data set B)")
+    p.add_argument("--transfer-seed", type=int, help="seed of the built-in data set B")
+    p.add_argument("--class-map", help="JSON or CSV: class name in the training data -> class name in data set B")
+    p.add_argument("--out", default=None, help="output folder (default: <run folder>/eval)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--name", help="row label in the tables (default: the run folder's name)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
+    out = Path(args.out) if args.out else None
+    if out is None:
+        ckpt_path = Path(args.checkpoint)
+        out = (ckpt_path if (ckpt_path / "config.json").is_file() else ckpt_path.parent.parent) / "eval"
+    try:
+        result = run_cli(args, protocols, out)
+    except EvaluationError as exc:
+        print(f"python -m codaar.evaluate: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print((out / "tables.md").read_text())
+    print(f"written: {out}/tables.md, tables.json" + ("" if args.no_plots else ", *.png"))
+    return result
+
+
+def run_cli(args: argparse.Namespace, protocols: tuple[str, ...], out: Path) -> dict:
+    return evaluate(
+        args.checkpoint, data=args.data, data_preset=args.data_preset, data_seed=args.data_seed, protocols=protocols,
+        tasks=tuple(t for t in args.tasks.split(",") if t), head_input=args.head_input,
+        ave={"lr": args.ave_lr, "batch_size": args.ave_batch_size, "epochs": args.ave_epochs},
+        avvp={"lr": args.avvp_lr, "batch_size": args.avvp_batch_size, "epochs": args.avvp_epochs},
+        transfer_data=args.transfer_data, transfer_preset=args.transfer_preset, transfer_seed=args.transfer_seed,
+        class_map=args.class_map, out=out, plots=not args.no_plots, name=args.name,
+        log=lambda s: print(s, file=sys.stderr))
+
+
+if __name__ == "__main__":
+    main()

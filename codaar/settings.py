@@ -1,0 +1,375 @@
+"""Settings declared once: a field's type, default, choices, bounds, help and resume rule in one place.
+
+`QuantizerConfig`, `ModelConfig` and `TrainConfig` are frozen dataclasses made with `@settings`; they
+compose (a TrainConfig holds a ModelConfig, which holds a QuantizerConfig). From those declarations
+alone come:
+
+* validation, whenever a config is built (from code, flags or a file): type, choices and range; the
+  error names the setting, what was expected and what was found (`SettingsError`, a ValueError);
+* flat names: every setting has one name, unique across the levels, so `ModelConfig(num_codes=16)`
+  routes to its quantizer, a `--config` file may be flat or nested, and the command line is flat;
+* the command-line flags (`add_flags`), with the help and the default;
+* a JSON form (`to_dict` / `from_dict`) for config.json and checkpoints;
+* a resume rule per setting (`MATCH`, `FREE`, `CHANGES`), which the trainer applies on `--resume`.
+
+A config remembers which settings it was given (`given`); everything else is a default or follows
+another setting (a preset, say). `replace(**changes)` rebuilds from the given settings plus the
+changes, so settings that follow a changed one follow it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+
+# Resume rules: what `--resume` does when a setting differs from the checkpoint's.
+MATCH = "match"  # the run's math or data: refused, naming the setting, the old and the new value
+FREE = "free"  # where and how the run reports (logging, checkpoints, device): taken silently
+CHANGES = "changes"  # how long or how the run goes on from here: taken, announced and recorded
+RESUME_RULES = (MATCH, FREE, CHANGES)
+
+
+class SettingsError(ValueError):
+    """An invalid setting: names it, the value expected and the value found."""
+
+    def __init__(self, name: str, expected: str, found: object, *, found_text: str | None = None):
+        self.name, self.expected, self.found = name, expected, found
+        super().__init__(f"setting '{name}': expected {expected}, found {found_text or repr(found)}")
+
+
+def setting(default: object = None, help: str = "", *, choices: tuple | None = None,  # noqa: A002 (argparse's word)
+            at_least: float | None = None, above: float | None = None, below: float | None = None,
+            at_most: float | None = None, resume: str = MATCH, flag: bool = True, metavar: str | None = None):
+    """Declare one setting. Bounds apply to numbers and to each item of a tuple; `choices` likewise.
+    `flag=False`: not a command-line flag (set by the program that embeds the config)."""
+    if resume not in RESUME_RULES:
+        raise ValueError(f"resume rule: expected one of {RESUME_RULES}, found {resume!r}")
+    metadata = {"help": help, "choices": choices, "at_least": at_least, "above": above, "below": below,
+                "at_most": at_most, "resume": resume, "flag": flag, "metavar": metavar}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("setting defaults must be immutable (use a tuple)")
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def nested(cls: type, help: str, **given: object):  # noqa: A002
+    """A sub-config field; `given` overrides the sub-config's own defaults for this use of it."""
+    return dataclasses.field(default_factory=functools.partial(cls, **given), metadata={"help": help, "nested": cls})
+
+
+@dataclasses.dataclass(frozen=True)
+class Declared:
+    """One flat setting: its name, where it lives (`path` of nested fields) and its declaration."""
+
+    name: str
+    path: tuple[str, ...]
+    field: dataclasses.Field
+    kind: object  # the resolved annotation
+
+    @property
+    def meta(self) -> Mapping[str, object]:
+        return self.field.metadata
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+# ------------------------------------------------------------------------------ the decorator
+def settings(cls: type) -> type:
+    """Make `cls` a frozen, keyword-only dataclass of settings (see the module docstring)."""
+    cls = dataclasses.dataclass(frozen=True, kw_only=True)(cls)
+    dataclass_init = cls.__init__
+
+    @functools.wraps(dataclass_init)
+    def __init__(self, **values: object) -> None:  # noqa: N807
+        routed = _route(type(self), values)
+        object.__setattr__(self, "_given", frozenset(routed))
+        dataclass_init(self, **routed)
+
+    cls.__init__ = __init__
+    cls.given = property(lambda self: self._given, doc="names of the direct fields this config was given")
+    cls.replace = _replace
+    cls.to_dict = _to_dict
+    cls.from_dict = classmethod(_from_dict)
+    cls.flat = _flat
+    cls.validate_fields = _validate_fields
+    return cls
+
+
+def declared(cls: type) -> dict[str, Declared]:
+    """Every setting of `cls` and of its sub-configs, by flat name (which is unique)."""
+    return dict(_declared(cls))
+
+
+@functools.cache
+def _declared(cls: type) -> tuple[tuple[str, Declared], ...]:
+    hints = typing.get_type_hints(cls)
+    found: dict[str, Declared] = {}
+    for f in dataclasses.fields(cls):
+        sub = f.metadata.get("nested")
+        items = ([(d.name, dataclasses.replace(d, path=(f.name, *d.path))) for d in declared(sub).values()]
+                 if sub is not None else [(f.name, Declared(f.name, (f.name,), f, hints[f.name]))])
+        for name, decl in items:
+            if name in found:
+                raise TypeError(f"{cls.__name__}: setting {name!r} is declared twice "
+                                f"({'.'.join(found[name].path)} and {'.'.join(decl.path)})")
+            found[name] = decl
+    return tuple(found.items())
+
+
+def _route(cls: type, values: Mapping[str, object]) -> dict[str, object]:
+    """Direct fields as given; flat names of sub-config settings into that sub-config."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    direct, deeper = {}, {}
+    for name, value in values.items():
+        if name in fields:
+            direct[name] = value
+            continue
+        decl = declared(cls).get(name)
+        if decl is None:
+            raise SettingsError(name, f"a setting of {cls.__name__} (see --help)", name, found_text="an unknown name")
+        deeper.setdefault(decl.path[0], {})[name] = value
+    for name, values_below in deeper.items():
+        sub_cls = fields[name].metadata["nested"]
+        base = direct.get(name)
+        if base is None:
+            base = fields[name].default_factory()
+        elif isinstance(base, Mapping):
+            base = sub_cls.from_dict(base)
+        direct[name] = base.replace(**values_below)
+    for name, value in list(direct.items()):
+        sub_cls = fields[name].metadata.get("nested")
+        if sub_cls is not None and isinstance(value, Mapping):
+            direct[name] = sub_cls.from_dict(value)
+        elif sub_cls is not None and not isinstance(value, sub_cls):
+            raise SettingsError(name, f"a {sub_cls.__name__}", value)
+    return direct
+
+
+def _replace(self, **changes: object):
+    """A copy with `changes` (flat names); settings that follow a changed one follow it again."""
+    values = {name: getattr(self, name) for name in self.given}
+    for f in dataclasses.fields(self):  # sub-configs always carry their own given settings
+        if f.metadata.get("nested") is not None:
+            values[f.name] = getattr(self, f.name)
+    return type(self)(**{**values, **changes})
+
+
+def _to_dict(self) -> dict:
+    """Nested JSON-able values (tuples as lists)."""
+    out = {}
+    for f in dataclasses.fields(self):
+        value = getattr(self, f.name)
+        out[f.name] = value.to_dict() if f.metadata.get("nested") else _jsonable(value)
+    return out
+
+
+def _from_dict(cls: type, values: Mapping[str, object], source: str = "config") -> object:
+    """Build from a mapping with nested ({"model": {"quantizer": {...}}}) or flat names, or both."""
+    return cls(**flatten(cls, values, source))
+
+
+def _flat(self) -> dict[str, object]:
+    """Every setting's value by flat name."""
+    out = {}
+    for f in dataclasses.fields(self):
+        value = getattr(self, f.name)
+        out.update(value.flat() if f.metadata.get("nested") else {f.name: value})
+    return out
+
+
+def flatten(cls: type, values: Mapping[str, object], source: str = "config") -> dict[str, object]:
+    """Nested or flat names -> flat names; a name given twice or unknown is an error."""
+    if not isinstance(values, Mapping):
+        raise SettingsError(source, "a table of settings (name = value)", values, found_text=type(values).__name__)
+    flat: dict[str, object] = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in values.items():
+        sub_cls = fields[name].metadata.get("nested") if name in fields else None
+        if sub_cls is not None and isinstance(value, Mapping):
+            items = flatten(sub_cls, value, f"{source}.{name}").items()
+        elif name in declared(cls) or sub_cls is not None:
+            items = [(name, value)]
+        else:
+            raise SettingsError(f"{source}.{name}" if source != "config" else name,
+                                f"a setting of {cls.__name__} (see --help)", name, found_text="an unknown name")
+        for key, item in items:
+            if key in flat:
+                raise SettingsError(key, "one value", item, found_text="the setting given twice (flat and nested)")
+            flat[key] = item
+    return flat
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------------- validation
+def _validate_fields(self) -> None:
+    """Check and normalise every direct field of `self` against its declaration (types, choices,
+    bounds). Called first thing in each config's __post_init__."""
+    hints = typing.get_type_hints(type(self))
+    for f in dataclasses.fields(self):
+        if f.metadata.get("nested") is not None:
+            continue
+        value = _check(f.name, getattr(self, f.name), hints[f.name], f.metadata)
+        object.__setattr__(self, f.name, value)
+
+
+def _check(name: str, value: object, kind: object, meta: Mapping[str, object]) -> object:
+    optional, base, item = _kind(kind)
+    if value is None:
+        if optional:
+            return None
+        raise SettingsError(name, _describe(base, item, meta), None)
+    if base is tuple:
+        if isinstance(value, str) or not isinstance(value, (tuple, list)):
+            raise SettingsError(name, _describe(base, item, meta), value)
+        return tuple(_check_scalar(name, v, item, meta, whole=value) for v in value)
+    return _check_scalar(name, value, base, meta)
+
+
+def _check_scalar(name: str, value: object, kind: type, meta: Mapping[str, object], whole: object = None) -> object:
+    expected = _describe(kind, None, meta) if whole is None else _describe(tuple, kind, meta)
+    found = value if whole is None else whole
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise SettingsError(name, expected, found)
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SettingsError(name, expected, found)
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SettingsError(name, expected, found)
+        value = float(value)
+    elif kind is str:
+        if not isinstance(value, str):
+            raise SettingsError(name, expected, found)
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise SettingsError(name, expected, found)
+    if kind in (int, float) and not _in_bounds(value, meta):
+        raise SettingsError(name, expected, found)
+    return value
+
+
+def _in_bounds(value: float, meta: Mapping[str, object]) -> bool:
+    checks = (("at_least", lambda b: value >= b), ("above", lambda b: value > b),
+              ("below", lambda b: value < b), ("at_most", lambda b: value <= b))
+    return all(meta.get(key) is None or ok(meta[key]) for key, ok in checks)
+
+
+def _kind(kind: object) -> tuple[bool, type, type | None]:
+    """(optional, base type, tuple item type) of an annotation such as `tuple[int, ...] | None`."""
+    optional = False
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        optional, kind = True, args[0]
+    if typing.get_origin(kind) is tuple:
+        return optional, tuple, typing.get_args(kind)[0]
+    return optional, kind, None
+
+
+def _describe(kind: type, item: type | None, meta: Mapping[str, object]) -> str:
+    """What a valid value looks like, in words: 'an integer >= 1', 'one of ('a', 'b')', ..."""
+    if kind is tuple:
+        return f"a comma-separated list, each {_describe(item, None, meta)}"
+    words = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}[kind]
+    if meta.get("choices") is not None:
+        return f"one of {', '.join(map(str, meta['choices']))}"
+    bounds = [f"{op} {meta[key]}" for key, op in (("at_least", ">="), ("above", ">"), ("below", "<"),
+                                                  ("at_most", "<="))
+              if meta.get(key) is not None]
+    return words + (" " + " and ".join(bounds) if bounds else "")
+
+
+# -------------------------------------------------------------------------- command line
+def add_flags(parser: argparse.ArgumentParser, cls: type, defaults: object | None = None) -> None:
+    """One flag per setting of `cls` (flat names), help and default from the declarations. Only flags
+    actually given reach the parsed namespace (`argparse.SUPPRESS`), so they can override a file."""
+    defaults = defaults if defaults is not None else cls()
+    shown = defaults.flat()
+    groups: dict[tuple[str, ...], argparse._ArgumentGroup] = {}
+    for decl in declared(cls).values():
+        meta = decl.meta
+        if not meta.get("flag", True):
+            continue
+        owner = decl.path[:-1]
+        if owner not in groups:
+            groups[owner] = parser.add_argument_group(_group_title(cls, owner))
+        group = groups[owner]
+        optional, base, item = _kind(decl.kind)
+        kwargs = {"dest": decl.name, "default": argparse.SUPPRESS,
+                  "help": f"{meta['help']} (default: {_show(shown[decl.name])})"}
+        if base is bool:
+            group.add_argument(decl.flag, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if base is tuple:
+            kwargs["type"] = _list_parser(item, optional)
+            kwargs["metavar"] = meta.get("metavar") or "A,B,..."
+        else:
+            kwargs["type"] = _scalar_parser(base, optional)
+            if meta.get("choices") is not None:
+                kwargs["choices"] = list(meta["choices"]) + ([None] if optional else [])
+                kwargs["metavar"] = "{" + ",".join(map(str, meta["choices"])) + "}"
+            else:
+                kwargs["metavar"] = meta.get("metavar") or _METAVARS[base]
+        group.add_argument(decl.flag, **kwargs)
+
+
+_METAVARS = {int: "N", float: "X", str: "TEXT"}
+
+
+def _group_title(cls: type, path: tuple[str, ...]) -> str:
+    """'settings of TrainConfig', 'settings of TrainConfig.model (ModelConfig)', ..."""
+    owner = cls
+    for name in path:
+        owner = {f.name: f for f in dataclasses.fields(owner)}[name].metadata["nested"]
+    where = ".".join((cls.__name__, *path))
+    return f"{where} settings" if not path else f"{where} settings ({owner.__name__}: {_field_help(cls, path)})"
+
+
+def _field_help(cls: type, path: tuple[str, ...]) -> str:
+    for name in path[:-1]:
+        cls = {f.name: f for f in dataclasses.fields(cls)}[name].metadata["nested"]
+    return {f.name: f for f in dataclasses.fields(cls)}[path[-1]].metadata["help"]
+
+
+def _scalar_parser(kind: type, optional: bool) -> Callable[[str], object]:
+    def parse(text: str) -> object:
+        if optional and text.lower() == "none":
+            return None
+        return kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
+
+
+def _list_parser(item: type, optional: bool) -> Callable[[str], object]:
+    def parse(text: str) -> object:
+        if optional and text.lower() == "none":
+            return None
+        return tuple(item(part.strip()) for part in text.split(",") if part.strip())
+
+    parse.__name__ = f"comma-separated {item.__name__} list"
+    return parse
+
+
+def _show(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def iter_settings(config: object) -> Iterator[tuple[Declared, object]]:
+    """(declaration, value) of every setting of a config instance."""
+    values = config.flat()
+    for name, decl in declared(type(config)).items():
+        yield decl, values[name]

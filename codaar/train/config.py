@@ -1,0 +1,196 @@
+"""Settings of a training run: `TrainConfig` (holding the `ModelConfig`, which holds the
+`QuantizerConfig`), the command line and `--config FILE` built from their declarations, and the rules
+that decide what a resumed run may change.
+
+Precedence: defaults < the preset's values < `--config FILE` (JSON or TOML, flat or nested names)
+< command-line flags. Every value is checked where it is declared (codaar.settings) before anything
+runs or is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from codaar.data.synthetic import PRESETS as DATA_PRESETS
+from codaar.model.config import ModelConfig
+from codaar.train.checkpoint import CheckpointError
+from codaar.settings import (
+    CHANGES,
+    FREE,
+    MATCH,
+    SettingsError,
+    add_flags,
+    declared,
+    flatten,
+    iter_settings,
+    nested,
+    setting,
+    settings,
+)
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+@settings
+class TrainConfig:
+    model: ModelConfig = nested(ModelConfig, "the network and its quantizer")
+    # data
+    data: str | None = setting(None, "a data folder in the project's format (python -m codaar.data); none: the "
+                               "built-in data set")
+    data_preset: str | None = setting(None, "built-in data set preset (none: paper under --preset paper, else "
+                                      "default)", choices=tuple(DATA_PRESETS))
+    data_seed: int = setting(0, "seed of the built-in data set", at_least=0)
+    pretrain_clips: int | None = setting(None, "built-in data: number of pretraining clips (none: the preset's)",
+                                         at_least=1)
+    split: str = setting("pretrain", "which split of the data to pretrain on")
+    # optimisation (authors' recipe, spec §5)
+    epochs: int = setting(12, "passes over the pretraining split (12 x 38 steps: past the first dead-code reset)",
+                          at_least=1, resume=CHANGES)
+    max_steps: int | None = setting(None, "stop after this many steps (none: all epochs)", at_least=1, resume=CHANGES)
+    batch_size: int = setting(80, "clips per step, over all processes", at_least=1)
+    lr: float = setting(4e-4, "Adam learning rate", above=0, resume=CHANGES)
+    lr_milestones: tuple[int, ...] = setting((10, 20, 30), "epochs at which the learning rate is multiplied by "
+                                             "lr_gamma", at_least=0, resume=CHANGES)
+    lr_gamma: float = setting(0.5, "learning-rate decay factor at each milestone", above=0, resume=CHANGES)
+    clip_norm: float = setting(0.5, "gradient-norm clip, applied to each module group separately", above=0)
+    drop_last: bool = setting(False, "drop the last incomplete batch of an epoch (always done under DDP when the "
+                              "batch does not split evenly)")
+    seed: int = setting(43, "seed of the model init, the data order and every step's random draws", at_least=0)
+    # precision and device
+    device: str = setting("auto", "auto (cuda if available), cpu, cuda or cuda:N", resume=FREE,
+                          metavar="{auto,cpu,cuda,cuda:N}")
+    float64: bool = setting(False, "train in float64, the authors' precision")
+    bf16: bool = setting(False, "bf16 autocast for the encoders/decoders (CUDA only)")
+    cuda_graph: bool = setting(False, "capture the training step in a CUDA graph after 3 warm-up steps and replay "
+                               "it (one process on CUDA; see codaar/train/graph_step.py)", resume=CHANGES)
+    # run folder, logging, checkpoints
+    out: str = setting("runs/codaar", "run folder: checkpoints, metrics.jsonl, config.json", resume=FREE)
+    resume: bool = setting(False, "continue the run in --out from its latest checkpoint", resume=FREE)
+    checkpoint_every: int = setting(100, "steps between checkpoints (one is also written at the end)", at_least=1,
+                                    resume=FREE)
+    keep_checkpoints: int = setting(2, "how many checkpoints to keep", at_least=1, resume=FREE)
+    tensorboard: bool = setting(False, "also log to TensorBoard (needs the tensorboard package)", resume=FREE)
+    progress: bool = setting(True, "show a progress bar", resume=FREE)
+
+    def __post_init__(self) -> None:
+        self.validate_fields()
+        if self.data_preset is None:
+            object.__setattr__(self, "data_preset", "paper" if self.model.preset == "paper" else "default")
+        if not _DEVICE.match(self.device):
+            raise SettingsError("device", "auto, cpu, cuda or cuda:N", self.device)
+        if self.bf16 and self.float64:
+            raise SettingsError("bf16", "false when float64 is set (they exclude each other)", self.bf16)
+        if not self.split:
+            raise SettingsError("split", "a split name", self.split)
+
+
+# -------------------------------------------------------------------------------- command line
+class ConfigFileError(ValueError):
+    """A `--config` file that cannot be read as settings."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m codaar.train",
+        description="Pretrain CoDAAR (encoders, cross-modal quantizer, CPC, decoders). With no arguments: "
+                    "AVT on the built-in data set, on the CPU in a few minutes.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="JSON or TOML file of settings, flat or nested names "
+                        "(flags override it)")
+    add_flags(parser, TrainConfig)
+    return parser
+
+
+def read_config_file(path: str | Path) -> dict[str, object]:
+    """The settings of a JSON or TOML file, by flat name (validated when the config is built)."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+        values = tomllib.loads(text) if file.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise ConfigFileError(f"--config {path}: cannot read settings ({exc})") from None
+    try:
+        return flatten(TrainConfig, values)
+    except SettingsError as exc:
+        raise ConfigFileError(f"--config {path}: {exc}") from None
+
+
+def config_from_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> TrainConfig:
+    """The run's settings from the command line (and its --config file). Raises ConfigFileError or
+    SettingsError naming the setting, the expected value and the value found."""
+    args = vars((parser or build_parser()).parse_args(argv))
+    path = args.pop("config", None)
+    file_values = read_config_file(path) if path else {}
+    if file_values:
+        try:
+            TrainConfig(**file_values)  # a bad value in the file is reported as the file's
+        except SettingsError as exc:
+            raise ConfigFileError(f"--config {path}: {exc}") from None
+    return TrainConfig(**{**file_values, **args})
+
+
+def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """`config_from_args` for a command-line program: a bad setting prints one line and exits 2."""
+    parser = build_parser()
+    try:
+        return config_from_args(argv, parser)
+    except (SettingsError, ConfigFileError) as exc:
+        parser.error(str(exc))
+
+
+# ---------------------------------------------------------------------------- saved configs
+def saved_configs(meta: Mapping[str, object], where: str) -> tuple[TrainConfig, ModelConfig]:
+    """The run's settings and the resolved model (input sizes from the data) of a checkpoint's meta.json.
+
+    Checkpoints before nested settings (format version 1) stored flat dictionaries and the
+    quantizer's extra settings under 'quantizer_overrides'; their names are today's flat names."""
+    train, model = meta.get("config"), meta.get("model_config")
+    for name, value in (("config", train), ("model_config", model)):
+        if not isinstance(value, Mapping):
+            raise CheckpointError(f"{where}: field '{name}': expected the run's settings (a JSON object), found "
+                                  f"{type(value).__name__}")
+    model = dict(model)
+    if "quantizer_overrides" in model:  # version 1: the model's own settings were not in the run's
+        model.update(model.pop("quantizer_overrides") or {})
+        settable = {name for name, decl in declared(ModelConfig).items() if decl.meta["flag"]}
+        train = {**{k: v for k, v in model.items() if k in settable}, **train}
+    try:
+        return TrainConfig.from_dict(train), ModelConfig.from_dict(model)
+    except SettingsError as exc:
+        raise CheckpointError(f"{where}: {exc} (a checkpoint of another codaar version?)") from None
+
+
+def resume_differences(saved: TrainConfig, now: TrainConfig, saved_model: ModelConfig, now_model: ModelConfig,
+                       ) -> tuple[list[str], list[tuple[str, object, object]]]:
+    """What resuming `saved` with `now`'s settings would change: (refusals, accepted changes).
+
+    Every setting has a resume rule (codaar.settings): MATCH settings must be equal, FREE ones may
+    differ silently, CHANGES ones may differ and are returned, to be announced and recorded. The
+    settings the trainer derives (input sizes from the data, the reset seed from --seed) must match
+    in the resolved models: a different data set is another run."""
+    old, old_model = saved.flat(), saved_model.flat()
+    refused, changed = [], []
+    for decl, value in iter_settings(now):
+        if not decl.meta["flag"]:
+            continue  # derived: compared in the resolved model below
+        if old[decl.name] == value or decl.meta["resume"] == FREE:
+            continue
+        if decl.meta["resume"] == MATCH:
+            refused.append(f"setting '{decl.name}' ({decl.flag}) was {_show(old[decl.name])} in the run, now "
+                           f"{_show(value)}; it must match (start a new run with another --out to change it)")
+        else:
+            changed.append((decl.name, old[decl.name], value))
+    for decl, value in iter_settings(now_model):
+        if not decl.meta["flag"] and old_model[decl.name] != value:
+            refused.append(f"'{decl.name}' (from the data or --seed) was {_show(old_model[decl.name])} in the run, "
+                           f"now {_show(value)}")
+    return refused, changed
+
+
+def _show(value: object) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else repr(value)
