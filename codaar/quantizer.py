@@ -22,6 +22,7 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -186,6 +187,7 @@ class CrossModalQuantizer(nn.Module):
             return False
         z = self._stack_latents(latents).detach()
         num_mod, batch, steps, dim = z.shape
+        _require_finite(z.reshape(num_mod, batch * steps, dim), self.modalities, (batch, steps))
         z = z.reshape(num_mod, batch * steps, dim)
         if cfg.sync_distributed and distributed_active():
             z = gather_batch(z.contiguous(), dim=1)
@@ -231,6 +233,7 @@ class CrossModalQuantizer(nn.Module):
             if tuple(latents[m].shape) != expected:
                 raise ValueError(f"CrossModalQuantizer: latents['{m}'] must be [B, T, D] = {list(expected)}, "
                                  f"got {list(latents[m].shape)}")
+            _require_float(latents[m], f"latents['{m}']")
         return torch.stack([latents[m] for m in self.modalities]).to(self.codebook.dtype)
 
     def forward(self, latents: Mapping[str, torch.Tensor], *, update: bool | None = None) -> QuantizerOutput:
@@ -243,6 +246,9 @@ class CrossModalQuantizer(nn.Module):
         stacked = self._stack_latents(latents)
         num_mod, batch, steps, dim = stacked.shape
         z = stacked.reshape(num_mod, batch * steps, dim)
+        # A non-finite training batch skips its update (see _update_state); its losses are not finite.
+        if not update:
+            _require_finite(z, self.modalities, (batch, steps))
         # A snapshot: the update below rewrites the buffer in place while autograd still needs it.
         codebook = self.codebook.clone() if update else self.codebook
 
@@ -263,10 +269,11 @@ class CrossModalQuantizer(nn.Module):
 
         counts = None
         if update:
-            counts, num_reset = self._update_state(z.detach(), idx)
+            counts, num_reset, skipped = self._update_state(z.detach(), idx)
         metrics = self._metrics(idx.view(num_mod, batch, steps), counts)
         if update:
             metrics["codes_reset"] = num_reset
+            metrics["update_skipped"] = skipped
 
         names = self.modalities
         losses = {f"commit/{m}": commit[i] for i, m in enumerate(names)}
@@ -298,10 +305,13 @@ class CrossModalQuantizer(nn.Module):
         return quantized, all_latents + (rows - all_latents).detach()
 
     @torch.no_grad()
-    def _update_state(self, z: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """DTA -> EMA -> CSA -> dead-code counters -> reset, in place.
+    def _update_state(self, z: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """DTA -> EMA -> CSA -> dead-code counters -> reset, in place; skipped (the state left as it
+        was, on every rank) when any latent is not finite: a branch on the CPU, masked on a GPU or when
+        capturable (no host sync).
 
-        Returns the step's counts [M, K] and the number of codes reset (a tensor: no host sync)."""
+        Returns the step's counts [M, K], the number of codes reset and whether the update was skipped
+        (tensors: no host sync)."""
         cfg = self.config
         if not self.capturable:
             self.prepare_update()
@@ -312,6 +322,16 @@ class CrossModalQuantizer(nn.Module):
         sums, counts = ops.dta_accumulate(z, idx, cfg.num_codes, self_weight, cross_weight,
                                           deterministic=cfg.deterministic)
         self._all_reduce_statistics(sums, counts)
+        # `finite`: this rank's latents were. Any rank's non-finite sums (overflow too) make the
+        # all-reduced sums non-finite on every rank, so all skip together. As for the reset below: on the CPU the branch is free; on a GPU (or capturable) the update runs and
+        # is masked back to the state before it.
+        finite = torch.isfinite(z).all() & torch.isfinite(sums).all()
+        host_branch = not self.capturable and self.codebook.device.type == "cpu"
+        if host_branch and not bool(finite):
+            self.num_updates.add_(1)
+            zero = torch.zeros((), dtype=torch.long)
+            return torch.zeros_like(self.ema_count), zero, torch.ones((), dtype=self.ema_count.dtype)
+        before = None if host_branch else [buffer.clone() for buffer in self._updated_state()]
         # The count floor exists only in the eager reference: with the guard on, the update runs
         # eagerly on every device (one elementwise pass over [M, K, D]; the other kernels still dispatch).
         guard = {"count_floor": cfg.count_floor} if cfg.count_floor > 0 else {}
@@ -333,8 +353,16 @@ class CrossModalQuantizer(nn.Module):
                 denom = ops.ema_denominator(self.ema_count, cfg.eps, cfg.laplace_smoothing).unsqueeze(-1)
                 self.ema_sum.copy_(torch.where(reset.view(1, -1, 1), self.codebook * denom, self.ema_sum))
             num_reset = reset.sum()
+        if before is not None:  # a non-finite batch changes nothing
+            for buffer, old in zip(self._updated_state(), before):
+                buffer.copy_(torch.where(finite, buffer, old))
+            counts, num_reset = torch.where(finite, counts, 0), torch.where(finite, num_reset, 0)
         self.num_updates.add_(1)
-        return counts, num_reset
+        return counts, num_reset, (~finite).to(counts.dtype)
+
+    def _updated_state(self) -> tuple[torch.Tensor, ...]:
+        """The buffers a codebook update writes (num_updates counts calls, skipped ones included)."""
+        return self.codebook, self.ema_sum, self.ema_count, self.unused_steps, self.last_used
 
     def _all_reduce_statistics(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
         """Under DDP, sum the step's statistics over ranks before the EMA, so that every rank applies
@@ -399,6 +427,8 @@ class CrossModalQuantizer(nn.Module):
             raise KeyError(f"lookup: unknown modality {modality!r}; expected one of {list(self.modalities)}")
         if latents.shape[-1] != self.config.dim:
             raise ValueError(f"lookup: latents must be [..., {self.config.dim}], got {list(latents.shape)}")
+        _require_float(latents, "lookup: latents")
+        _require_finite(latents.reshape(1, -1, latents.shape[-1]), (modality,), latents.shape[:-1])
         m = self._position[modality]
         flat = latents.reshape(1, -1, self.config.dim).to(self.codebook.dtype)
         idx, _ = ops.assign(flat, self.codebook[m : m + 1])
@@ -421,3 +451,21 @@ class CrossModalQuantizer(nn.Module):
         cfg = self.config
         return (f"modalities={cfg.modalities}, num_codes={cfg.num_codes}, dim={cfg.dim}, preset={cfg.preset!r}, "
                 f"dta={cfg.dta}, csa={cfg.csa}, dqa={cfg.dqa}, cascade={cfg.cascade}")
+
+
+def _require_float(latents: torch.Tensor, name: str) -> None:
+    if not latents.is_floating_point():
+        raise TypeError(f"CrossModalQuantizer: {name} must be floating point (they are continuous latents), "
+                        f"got {latents.dtype}")
+
+
+def _require_finite(z: torch.Tensor, names: tuple[str, ...], frame_shape: tuple[int, ...]) -> None:
+    """Inference on non-finite latents has no nearest code: say where they are instead of returning
+    code 0 for them. z: [M, frames, D], the frames laid out as `frame_shape`. Reads back one value:
+    inference only (a training call skips its update on the device instead)."""
+    bad = ~torch.isfinite(z).all(dim=-1)
+    if bool(bad.any()):
+        m, frame = (int(i) for i in bad.nonzero()[0])
+        position = tuple(int(i) for i in np.unravel_index(frame, tuple(frame_shape)))
+        raise ValueError(f"CrossModalQuantizer: latents of '{names[m]}' are not finite at frame {position} "
+                         f"({int(bad.sum())} frame(s) in all); no code can be assigned to them")

@@ -80,7 +80,7 @@ class QuantizerConfig:
     active_window: int = setting(100, "reset sources: codes used within this many updates", at_least=1)
     reset_noise_std: float = setting(0.001, "std of the noise added to a reset codeword", at_least=0)
     reset_seed: int = setting(0, "seeds the reset draws (a fresh generator per update, from seed and update number); "
-                              "the trainer sets it from --seed", at_least=0, flag=False)
+                              "the trainer sets it from --seed", at_least=0, at_most=2**63 - 1, flag=False)
     codebook_init: str | None = setting(
         None, "official: the authors' Uniform(-1/K, 1/K) table with zero counts (codes a modality skips at step 1 "
         "explode, so the codebook collapses until the first dead-code reset, ~300 updates); kmeans: each modality's "

@@ -44,13 +44,15 @@ class SettingsError(ValueError):
 
 def setting(default: object = None, help: str = "", *, choices: tuple | None = None,  # noqa: A002 (argparse's word)
             at_least: float | None = None, above: float | None = None, below: float | None = None,
-            at_most: float | None = None, resume: str = MATCH, flag: bool = True, metavar: str | None = None):
+            at_most: float | None = None, resume: str = MATCH, flag: bool = True, metavar: str | None = None,
+            const: object = None):
     """Declare one setting. Bounds apply to numbers and to each item of a tuple; `choices` likewise.
-    `flag=False`: not a command-line flag (set by the program that embeds the config)."""
+    `flag=False`: not a command-line flag (set by the program that embeds the config); `const`: the
+    value of the flag given without one (`--resume` = `--resume yes`)."""
     if resume not in RESUME_RULES:
         raise ValueError(f"resume rule: expected one of {RESUME_RULES}, found {resume!r}")
     metadata = {"help": help, "choices": choices, "at_least": at_least, "above": above, "below": below,
-                "at_most": at_most, "resume": resume, "flag": flag, "metavar": metavar}
+                "at_most": at_most, "resume": resume, "flag": flag, "metavar": metavar, "const": const}
     if isinstance(default, (list, dict, set)):
         raise TypeError("setting defaults must be immutable (use a tuple)")
     return dataclasses.field(default=default, metadata=metadata)
@@ -316,6 +318,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, defaults: object | Non
             kwargs["metavar"] = meta.get("metavar") or "A,B,..."
         else:
             kwargs["type"] = _scalar_parser(base, optional)
+            if meta.get("const") is not None:
+                kwargs.update(nargs="?", const=meta["const"])
             if meta.get("choices") is not None:
                 kwargs["choices"] = list(meta["choices"]) + ([None] if optional else [])
                 kwargs["metavar"] = "{" + ",".join(map(str, meta["choices"])) + "}"

@@ -74,10 +74,18 @@ def use_triton(*tensors: torch.Tensor, state_dtypes: Sequence[torch.dtype] = _TR
     return supported
 
 
+def _finite(z: torch.Tensor) -> torch.Tensor:
+    """The kernels' input with non-finite entries as 0: their indices stay in range whatever a
+    compiled (or interpreted) argmin does with NaN. The caller sees the batch is not finite (the
+    quantizer skips its update and its losses are not finite); the eager references use torch's own
+    NaN-propagating argmin and softmax."""
+    return torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def assign(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest code per frame: (idx [M, N] int64, min_dist [M, N])."""
     if use_triton(z, codebook):
-        return _triton("assign_triton").assign_triton(z, codebook)
+        return _triton("assign_triton").assign_triton(_finite(z), codebook)
     return assign_reference(z.detach(), codebook)
 
 
@@ -86,6 +94,7 @@ def assign_with_soft_usage(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Assignment plus DQA's per-sample soft usage [M, B, K] (differentiable w.r.t. z)."""
     if use_triton(z, codebook):
+        z = _finite(z)
         idx, min_dist = _triton("assign_triton").assign_triton(z, codebook)
         usage = _triton("soft_usage_triton").soft_usage_triton(z, codebook, frames_per_sample)
         return idx, min_dist, usage

@@ -113,3 +113,4 @@ def test_trainer_flags_end_to_end_and_exact_resume(tmp_path, capsys):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+

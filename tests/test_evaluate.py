@@ -168,3 +168,4 @@ def test_cli_end_to_end(run_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "codaar.evaluate", str(tmp_path / "nothing")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "no checkpoint here" in bad.stderr
+

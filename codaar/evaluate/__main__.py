@@ -85,5 +85,10 @@ def run_cli(args: argparse.Namespace, protocols: tuple[str, ...], out: Path) -> 
         log=lambda s: print(s, file=sys.stderr))
 
 
+def cli() -> None:
+    """The `codaar-evaluate` console script: exit status 0 on success (main returns its results)."""
+    main()
+
+
 if __name__ == "__main__":
     main()

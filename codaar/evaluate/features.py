@@ -44,9 +44,15 @@ def load_pretrained(path: str | Path) -> Pretrained:
         train_config, model_config = saved_configs(meta, str(folder / "meta.json"))
     except ckpt.CheckpointError as exc:
         raise EvaluationError(f"checkpoint: {exc}") from None
+    weights = ckpt.prefixed(tensors, "model")
+    broken = [name for name, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if broken:
+        raise EvaluationError(f"{folder / ckpt.TENSORS}: non-finite values in {', '.join(broken[:5])}"
+                              f"{' and more' if len(broken) > 5 else ''} (the run diverged); evaluate an earlier "
+                              f"checkpoint")
     try:
         model = CoDAARModel(model_config)
-        model.load_state_dict(ckpt.prefixed(tensors, "model"))
+        model.load_state_dict(weights)
     except (ValueError, TypeError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0][:400]
         raise EvaluationError(f"{folder / 'tensors.safetensors'}: the weights do not fit the model of meta.json "

@@ -1,7 +1,8 @@
 """`python -m codaar.train`: pretrain CoDAAR, from a laptop CPU to `torchrun` on a multi-GPU node.
 
-A user error (a bad setting, a run folder that already holds a run, unreadable data or
-checkpoints) prints one line and exits with status 2, before anything is written.
+A user error (a bad setting, a run folder that already holds a run or is being written by another
+run, unreadable data or checkpoints) prints one line and exits with status 2, before anything is
+written. A run that goes non-finite stops without saving that state and exits with status 3.
 """
 
 from __future__ import annotations
@@ -11,24 +12,37 @@ from collections.abc import Sequence
 
 from codaar.data import DataFormatError
 from codaar.runtime import distributed
+from codaar.runtime.locks import FolderBusyError
 from codaar.settings import SettingsError
 from codaar.train.checkpoint import CheckpointError
 from codaar.train.config import parse_config
-from codaar.train.loop import Trainer, TrainingError
+from codaar.train.loop import DivergenceError, Trainer, TrainingError
 
-USER_ERRORS = (SettingsError, TrainingError, DataFormatError, CheckpointError)
+USER_ERRORS = (SettingsError, TrainingError, DataFormatError, CheckpointError, FolderBusyError)
+EXIT_USAGE, EXIT_DIVERGED = 2, 3
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     cfg = parse_config(argv)
-    group = distributed.init_from_env(cfg.device)
     try:
+        group = distributed.init_from_env(cfg.device)
         return Trainer(cfg, group).run()
     except USER_ERRORS as exc:
-        print(f"python -m codaar.train: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(exc, EXIT_USAGE)
+    except DivergenceError as exc:
+        _fail(exc, EXIT_DIVERGED)
     finally:
         distributed.shutdown()
+
+
+def _fail(exc: Exception, status: int) -> None:
+    print(f"python -m codaar.train: error: {exc}", file=sys.stderr)
+    raise SystemExit(status) from None
+
+
+def cli() -> None:
+    """The `codaar-train` console script: exit status 0 on success (main returns its results)."""
+    main()
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from codaar.settings import (
 )
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+SEED_MAX = 2**63 - 1  # torch's generators take 64-bit seeds; derived seeds mix in 63 bits
 
 
 @settings
@@ -44,7 +45,7 @@ class TrainConfig:
                                "built-in data set")
     data_preset: str | None = setting(None, "built-in data set preset (none: paper under --preset paper, else "
                                       "default)", choices=tuple(DATA_PRESETS))
-    data_seed: int = setting(0, "seed of the built-in data set", at_least=0)
+    data_seed: int = setting(0, "seed of the built-in data set", at_least=0, at_most=SEED_MAX)
     pretrain_clips: int | None = setting(None, "built-in data: number of pretraining clips (none: the preset's)",
                                          at_least=1)
     split: str = setting("pretrain", "which split of the data to pretrain on")
@@ -60,7 +61,8 @@ class TrainConfig:
     clip_norm: float = setting(0.5, "gradient-norm clip, applied to each module group separately", above=0)
     drop_last: bool = setting(False, "drop the last incomplete batch of an epoch (always done under DDP when the "
                               "batch does not split evenly)")
-    seed: int = setting(43, "seed of the model init, the data order and every step's random draws", at_least=0)
+    seed: int = setting(43, "seed of the model init, the data order and every step's random draws", at_least=0,
+                        at_most=SEED_MAX)
     # precision and device
     device: str = setting("auto", "auto (cuda if available), cpu, cuda or cuda:N", resume=FREE,
                           metavar="{auto,cpu,cuda,cuda:N}")
@@ -70,7 +72,13 @@ class TrainConfig:
                                "it (one process on CUDA; see codaar/train/graph_step.py)", resume=CHANGES)
     # run folder, logging, checkpoints
     out: str = setting("runs/codaar", "run folder: checkpoints, metrics.jsonl, config.json", resume=FREE)
-    resume: bool = setting(False, "continue the run in --out from its latest checkpoint", resume=FREE)
+    resume: str = setting("no", "yes (or --resume alone): continue the run in --out from its newest checkpoint "
+                          "that verifies; auto: that, or a new run when --out holds no checkpoint yet (for "
+                          "torchrun --max-restarts); no: a new run", choices=("no", "yes", "auto"), const="yes",
+                          resume=FREE)
+    on_nonfinite: str = setting("stop", "a non-finite loss, gradient or codebook: stop (exit 3, the last "
+                                "checkpoint kept) or skip the batch's optimizer step (counted in the metrics; "
+                                "costs one host sync per step)", choices=("stop", "skip"), resume=FREE)
     checkpoint_every: int = setting(100, "steps between checkpoints (one is also written at the end)", at_least=1,
                                     resume=FREE)
     keep_checkpoints: int = setting(2, "how many checkpoints to keep", at_least=1, resume=FREE)
@@ -87,6 +95,8 @@ class TrainConfig:
             raise SettingsError("bf16", "false when float64 is set (they exclude each other)", self.bf16)
         if not self.split:
             raise SettingsError("split", "a split name", self.split)
+        if self.on_nonfinite == "skip" and self.cuda_graph:
+            raise SettingsError("on_nonfinite", "stop with --cuda-graph (skipping decides on the host)", "skip")
 
 
 # -------------------------------------------------------------------------------- command line
@@ -159,6 +169,8 @@ def saved_configs(meta: Mapping[str, object], where: str) -> tuple[TrainConfig, 
         model.update(model.pop("quantizer_overrides") or {})
         settable = {name for name, decl in declared(ModelConfig).items() if decl.meta["flag"]}
         train = {**{k: v for k, v in model.items() if k in settable}, **train}
+        if isinstance(train.get("resume"), bool):  # was a switch
+            train["resume"] = "yes" if train["resume"] else "no"
     try:
         return TrainConfig.from_dict(train), ModelConfig.from_dict(model)
     except SettingsError as exc:

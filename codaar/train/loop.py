@@ -29,6 +29,7 @@ from codaar.data import TriModalData, build_synthetic, load_dataset, synthetic_c
 from codaar.data.loader import TriModalDataset
 from codaar.model import CoDAARModel, ModelConfig
 from codaar.runtime import distributed
+from codaar.runtime.locks import FolderLock
 from codaar.runtime.profiling import nvtx_range
 from codaar.runtime.schedule import step_decay
 from codaar.runtime.seeding import derived_seed
@@ -39,6 +40,11 @@ from codaar.train.graph_step import GraphedTrainStep, set_learning_rate
 
 class TrainingError(Exception):
     """A run that cannot start or continue as asked (the message says why and what to do)."""
+
+
+class DivergenceError(Exception):
+    """The run went non-finite; it stopped without saving that state (the message names the step,
+    what went non-finite and the last good checkpoint)."""
 
 
 # ----------------------------------------------------------------------------------- data
@@ -102,7 +108,15 @@ class Trainer:
         self.dtype = torch.float64 if cfg.float64 else torch.float32
         torch.set_flush_denormal(True)  # the authors' tiny init makes denormals, 30x slower on CPUs
 
+        if cfg.bf16 and self.device.type != "cuda":
+            raise TrainingError(f"--bf16: bf16 autocast runs on CUDA only; this run is on {self.device.type}")
         self.data = load_data(cfg)
+        if cfg.split not in self.data.splits:
+            raise TrainingError(f"--split {cfg.split}: the data has no such split (it has {sorted(self.data.splits)})")
+        needed = cfg.model.cpc_prediction_steps + 2
+        if cfg.model.cpc and self.data.segments < needed:
+            raise TrainingError(f"--cpc-prediction-steps {cfg.model.cpc_prediction_steps}: CPC needs clips of at "
+                                f"least {needed} segments, the data has {self.data.segments}")
         self.batches = EpochBatches(len(self.data.split(cfg.split)), cfg, group)
         self.total_steps = cfg.epochs * self.batches.steps_per_epoch
         if cfg.max_steps is not None:
@@ -116,45 +130,71 @@ class Trainer:
                     if group.world_size > 1 else None)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         # The authors clip each module group on its own (spec §5).
-        self.clip_groups = [list(module.parameters()) for module in
-                            (self.model.encoders, self.model.text_lstm, self.model.cpc, self.model.decoders)
-                            if module is not None]
+        self.clip_groups = {name: list(getattr(self.model, name).parameters())
+                            for name in ("encoders", "text_lstm", "cpc", "decoders")
+                            if getattr(self.model, name) is not None}
 
         self.run_dir = Path(cfg.out)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.step = self._start_or_resume()
-        self.graph_step = self._graph_step() if cfg.cuda_graph else None
-        self.tensorboard = self._tensorboard() if cfg.tensorboard and group.is_main else None
+        self.skipped_steps = 0  # batches whose optimizer step --on-nonfinite skip left out
+        self.lock = None
+        try:
+            self.step = self._start_or_resume()
+            self.graph_step = self._graph_step() if cfg.cuda_graph else None
+            self.tensorboard = self._tensorboard() if cfg.tensorboard and group.is_main else None
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run folder (the lock also dies with the process)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # ------------------------------------------------------------------------ run folder
     def _start_or_resume(self) -> int:
-        has_run = (self.run_dir / "checkpoints" / ckpt.LATEST).is_file()
-        if not self.cfg.resume:
-            if has_run:
-                raise TrainingError(f"{self.run_dir} already holds a run: continue it with --resume, "
-                                    f"or choose another --out")
+        """Take the run folder (one writer at a time), clean what killed writes left, and start a new
+        run or continue from the newest checkpoint that verifies. Returns the step to start from."""
+        checkpoints = self.run_dir / "checkpoints"
+        has_run = any(checkpoints.glob("step-*")) if checkpoints.is_dir() else False
+        resume = self.cfg.resume == "yes" or (self.cfg.resume == "auto" and has_run)
+        if resume and not has_run:
+            raise TrainingError(f"--resume: {self.run_dir} has no checkpoint to resume from")
+        if not resume and has_run:
+            raise TrainingError(f"{self.run_dir} already holds a run: continue it with --resume, "
+                                f"or choose another --out")
+        if self.group.is_main:
+            self.lock = FolderLock(self.run_dir, "training run").acquire()
+            leftovers = ckpt.clean_leftovers(self.run_dir) + _clean_run_leftovers(self.run_dir)
+            if leftovers:
+                print(f"removed what a killed run left in {self.run_dir}: {', '.join(p.name for p in leftovers)}")
+        if not resume:
             if self.group.is_main:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
                 self._write_config(resumes=[])
                 self.metrics_path.write_text("")
             return 0
-        if not has_run:
-            raise TrainingError(f"--resume: {self.run_dir} has no checkpoint to resume from")
-        tensors, meta = ckpt.load_checkpoint(self.run_dir)
-        self._check_resume(meta)
+        folder, passed_over = ckpt.newest_verified(self.run_dir)
+        if passed_over and self.group.is_main:
+            for problem in passed_over:
+                print(f"resume: passing over a checkpoint that does not verify: {problem}")
+            print(f"resume: continuing from {folder}")
+        tensors, meta = ckpt.load_checkpoint(folder)
+        self._check_resume(meta, folder)
         self.model.load_state_dict(ckpt.prefixed(tensors, "model"))
         self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
         for group in self.optimizer.param_groups:  # as saved by a --cuda-graph run; its step sets it again
             group["capturable"] = False
+        self.skipped_steps = int(meta.get("skipped_steps", 0))
         if self.group.is_main:  # forget metrics logged after the checkpoint: those steps run again
             lines = self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
             kept = [line for line in lines if json.loads(line)["step"] <= meta["step"]]
             _atomic_write(self.metrics_path, "".join(line + "\n" for line in kept))
         return meta["step"]
 
-    def _check_resume(self, meta: dict) -> None:
+    def _check_resume(self, meta: dict, folder: Path) -> None:
         """Refuse settings that must match the checkpoint's; announce and record those that change the run."""
-        where = ckpt.resolve_checkpoint(self.run_dir) / "meta.json"
+        where = folder / ckpt.META
         saved_train, saved_model = saved_configs(meta, str(where))
         refused, changed = resume_differences(saved_train, self.cfg, saved_model, self.model_config)
         if refused:
@@ -185,7 +225,8 @@ class Trainer:
         optimizer_tensors, optimizer_meta = ckpt.flatten_optimizer(self.optimizer)
         tensors.update(optimizer_tensors)
         meta = {"config": self.cfg.to_dict(), "model_config": self.model_config.to_dict(),
-                "optimizer": optimizer_meta, "epoch": self.step // self.batches.steps_per_epoch}
+                "optimizer": optimizer_meta, "epoch": self.step // self.batches.steps_per_epoch,
+                "skipped_steps": self.skipped_steps}
         return ckpt.save_checkpoint(self.run_dir, self.step, tensors, meta, keep=self.cfg.keep_checkpoints)
 
     def _graph_step(self) -> GraphedTrainStep:
@@ -234,10 +275,17 @@ class Trainer:
         with nvtx_range("backward"):
             out.loss.backward()
         with nvtx_range("optimizer"):
-            for params in self.clip_groups:
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
-            self.optimizer.step()
-        values = {"loss": out.loss.detach(), **{k: v.detach() for k, v in out.losses.items()}, **out.metrics}
+            norms = {f"grad_norm/{name}": torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+                     for name, params in self.clip_groups.items()}
+            values = {"loss": out.loss.detach(), **{k: v.detach() for k, v in out.losses.items()}, **norms}
+            if cfg.on_nonfinite == "skip" and not _all_finite(values):  # one host sync, opted in
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+            else:
+                self.optimizer.step()
+        values.update(out.metrics)
+        if cfg.on_nonfinite == "skip":
+            values["skipped_steps"] = out.loss.new_tensor(float(self.skipped_steps))
         return values, out.indices
 
     def run(self) -> dict:
@@ -258,6 +306,11 @@ class Trainer:
                     self.step += 1
                     record = {"step": self.step, "epoch": epoch, "lr": lr_at(cfg, epoch),
                               **_to_host(values)}
+                    diverged = _nonfinite(record, self.model_config.modalities, cfg.on_nonfinite)
+                    if diverged:
+                        if log is not None:
+                            log.write(json.dumps(record) + "\n")
+                        raise DivergenceError(self._divergence_message(diverged))
                     recent.append(record)
                     used.append({m: idx.unique() for m, idx in indices.items()})
                     if log is not None:
@@ -274,8 +327,18 @@ class Trainer:
             progress.close()
             if log is not None:
                 log.close()
+            self.close()
         elapsed = time.perf_counter() - started
         return self._summary(recent, used, (self.step - first_step) / max(elapsed, 1e-9), elapsed)
+
+    def _divergence_message(self, diverged: list[str]) -> str:
+        try:
+            last = ckpt.newest_verified(self.run_dir)[0]
+            where = f"the last good checkpoint, {last}, is kept: continue from it with --resume (a lower --lr?)"
+        except ckpt.CheckpointError:
+            where = "no checkpoint was written before it"
+        return (f"step {self.step}: non-finite {', '.join(diverged)}; the run stopped without saving this state "
+                f"and {where}; --on-nonfinite skip would skip such batches instead")
 
     def _postfix(self, record: dict) -> dict:
         mods = self.model_config.modalities
@@ -324,6 +387,29 @@ def _to_host(values: dict[str, torch.Tensor]) -> dict[str, float]:
     """The step's scalars as numbers: one device-to-host copy, not one per value."""
     stacked = torch.stack([v.detach().reshape(()).double() for v in values.values()])
     return dict(zip(values, stacked.tolist()))
+
+
+def _all_finite(values: dict[str, torch.Tensor]) -> bool:
+    return bool(torch.isfinite(torch.stack([v.detach().reshape(()).double() for v in values.values()])).all())
+
+
+def _nonfinite(record: dict[str, float], modalities, on_nonfinite: str) -> list[str]:
+    """What must stop the run: the codebooks always (no step can undo them); the loss and gradients
+    unless their batches are skipped."""
+    names = {f"max_abs_codeword/{m}": f"codebook of {m}" for m in modalities}
+    if on_nonfinite == "stop":
+        names.update({k: k for k in record if k in ("loss", "dqa", "cpc") or k.startswith(("grad_norm/", "rec/", "commit/"))})
+    return [name for key, name in names.items() if key in record and not math.isfinite(record[key])]
+
+
+_RUN_LEFTOVERS = ("config.json.tmp", "metrics.jsonl.tmp")
+
+
+def _clean_run_leftovers(run_dir: Path) -> list[Path]:
+    found = [run_dir / name for name in _RUN_LEFTOVERS if (run_dir / name).exists()]
+    for path in found:
+        path.unlink()
+    return found
 
 
 def _atomic_write(path: Path, text: str) -> None:
