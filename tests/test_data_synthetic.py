@@ -66,7 +66,7 @@ def test_cli_synth_and_inspect(tmp_path, capsys):
                                                       num_test=16, video_shape=(32,)).audio)
     shown = subprocess.run([sys.executable, "-m", "codaar.data", "inspect", str(out)],
                            check=True, capture_output=True, text=True).stdout
-    assert "codaar-data schema 1" in shown and "pretrain=64" in shown and "finite check: passed" in shown
+    assert "codaar-data schema 2" in shown and "pretrain=64" in shown and "finite check: passed" in shown
     # The remaining CLI paths in-process (each interpreter start costs seconds on a small machine).
     from codaar.data.__main__ import main
 

@@ -92,7 +92,11 @@ def _print_summary(root: Path, finite: bool) -> None:
                                                          if "preset" in data.info else ""))
     print(data.summary())
     print("classes: " + ", ".join(data.class_names[:12]) + (" ..." if data.num_classes > 12 else ""))
-    print(f"prompt[0]: {data.prompts[0]!r}")
+    print(f"text: {data.text_kind or 'none'}")
+    if data.prompts:
+        print(f"prompt[0]: {data.prompts[0]!r}")
+    if data.clip_captions:
+        print(f"caption[0]: {data.clip_captions[0]!r}")
     sample = np.sort(np.random.default_rng(0).choice(data.num_clips, size=min(256, data.num_clips), replace=False))
     for modality in ("audio", "video"):
         x = np.asarray(data.modality(modality)[sample], dtype=np.float64)
