@@ -23,15 +23,14 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _add_synth(sub):
-    p = sub.add_parser("synth", help="write the built-in synthetic data set",
-                       description="Generate the built-in tri-modal data set from a seed and write it in the "
-                                   "project's format (same seed and options -> identical files).")
-    p.add_argument("out", type=Path, help="output folder (must not exist unless --overwrite)")
+def _add_synthetic_options(p):
+    """The built-in data set's preset, seed and size overrides (shared by synth and baselines)."""
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="default: CPU-sized (audio 128, video 64, text 10x128); paper: the paper's shapes "
                         "(video 7x7x512, text 10x768, ~3 GB); avvp: two events per clip, some single-modality, "
-                        "per-modality labels")
+                        "per-modality labels; hard: the default's sizes with held-out test factors (speakers, "
+                        "backgrounds, caption templates), misaligned and single-modality events, misleading "
+                        "backgrounds and per-clip captions")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     p.add_argument("--num-classes", type=int, help="event classes (default 10)")
     p.add_argument("--num-pretrain", type=int, help="unlabeled pretraining clips")
@@ -43,6 +42,21 @@ def _add_synth(sub):
     p.add_argument("--text-dim", type=int, help="text embedding width (default 128; paper 768)")
     p.add_argument("--text-tokens", type=int, help="tokens per prompt (default 10)")
     p.add_argument("--noise-std", type=float, help="observation noise relative to unit-variance features (default 0.1)")
+
+
+def _synthetic_config(args):
+    return synthetic_config(args.preset, seed=args.seed, num_classes=args.num_classes, num_pretrain=args.num_pretrain,
+                            num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
+                            audio_dim=args.audio_dim, video_shape=args.video_shape, text_dim=args.text_dim,
+                            text_tokens=args.text_tokens, noise_std=args.noise_std)
+
+
+def _add_synth(sub):
+    p = sub.add_parser("synth", help="write the built-in synthetic data set",
+                       description="Generate the built-in tri-modal data set from a seed and write it in the "
+                                   "project's format (same seed and options -> identical files).")
+    p.add_argument("out", type=Path, help="output folder (must not exist unless --overwrite)")
+    _add_synthetic_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -119,12 +133,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "synth":
-            config = synthetic_config(args.preset, seed=args.seed, num_classes=args.num_classes,
-                                      num_pretrain=args.num_pretrain, num_train=args.num_train,
-                                      num_val=args.num_val, num_test=args.num_test, audio_dim=args.audio_dim,
-                                      video_shape=args.video_shape, text_dim=args.text_dim,
-                                      text_tokens=args.text_tokens, noise_std=args.noise_std)
-            data = write_synthetic(args.out, config, overwrite=args.overwrite, progress=not args.quiet)
+            data = write_synthetic(args.out, _synthetic_config(args), overwrite=args.overwrite, progress=not args.quiet)
             print(f"wrote {args.out}\n{data.summary()}")
         elif args.command == "inspect":
             _print_summary(args.dir, finite=not args.no_finite_check)
