@@ -1,6 +1,5 @@
 """The project's on-disk format: manifest schema, lazy loading, and the error for each bad input."""
 
-import json
 import pickle
 import shutil
 
@@ -10,6 +9,7 @@ import torch
 
 from codaar.data import (SCHEMA_VERSION, DataFormatError, TriModalDataset, build_synthetic, load_dataset,
                          make_dataloader, read_manifest, write_dataset)
+from data_helpers import assert_names, edit_manifest
 
 SMALL = dict(num_pretrain=40, num_train=20, num_val=4, num_test=8)
 
@@ -28,23 +28,11 @@ def copy(pristine, tmp_path):
     return target
 
 
-def assert_names(err: DataFormatError, file, field, expected, found):
-    message = str(err.value)
-    for part in (str(file), field, expected, found):
-        assert part in message, f"{part!r} not in {message!r}"
-
-
-def edit_manifest(root, change):
-    manifest = json.loads((root / "manifest.json").read_text())
-    change(manifest)
-    (root / "manifest.json").write_text(json.dumps(manifest))
-
-
 def test_manifest_schema(pristine):
     manifest = read_manifest(pristine)
-    assert manifest["format"] == "codaar-data" and manifest["schema_version"] == SCHEMA_VERSION == 1
+    assert manifest["format"] == "codaar-data" and manifest["schema_version"] == SCHEMA_VERSION == 2
     assert manifest["num_clips"] == 72 and manifest["segments"] == 10
-    assert manifest["modalities"] == ["audio", "video", "text"]
+    assert manifest["modalities"] == ["audio", "video", "text"] and manifest["text_kind"] == "class-prompt"
     assert len(manifest["class_names"]) == len(manifest["prompts"]) == 10
     assert manifest["arrays"]["audio"] == {"file": "audio.npy", "shape": [72, 10, 128], "dtype": "float32"}
     assert manifest["arrays"]["video"]["shape"] == [72, 10, 64]
@@ -145,7 +133,7 @@ def test_unknown_schema_version(copy):
     edit_manifest(copy, lambda m: m.update(schema_version=99))
     with pytest.raises(DataFormatError) as err:
         load_dataset(copy)
-    assert_names(err, copy / "manifest.json", "schema_version", "1", "99")
+    assert_names(err, copy / "manifest.json", "schema_version", "1 or 2", "99")
     assert "unknown schema version" in str(err.value)
 
 

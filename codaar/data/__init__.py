@@ -8,7 +8,7 @@ Typical use::
     data = load_dataset("runs/vggsound40k")  # a converted folder, memory-mapped
     loader = make_dataloader(data, "pretrain", batch_size=80)
 
-Command line: ``python -m codaar.data {synth,inspect,import-official} --help``.
+Command line: ``python -m codaar.data {synth,inspect,import-official,baselines} --help``.
 """
 
 from .container import BACKGROUND, MODALITIES, TriModalData, validate, video_level_class
@@ -18,7 +18,7 @@ from .labels import labels_from_events
 from .official_import import fit_segments, import_official, read_zipped_array
 from .safe_pickle import SafeArrayUnpickler, load_array
 from .synthetic import PRESETS, SyntheticConfig, build_synthetic, synthetic_config, write_synthetic
-from .text import BertTextFeaturizer, HashedTextFeaturizer, make_text_featurizer, prompt_table
+from .text import BertTextFeaturizer, HashedTextFeaturizer, caption_tokens, make_text_featurizer, prompt_table
 
 
 
@@ -37,5 +37,5 @@ __all__ = [
     "SafeArrayUnpickler", "HashedTextFeaturizer", "BertTextFeaturizer",
     "build_synthetic", "synthetic_config", "write_synthetic", "load_dataset", "write_dataset", "read_manifest",
     "validate", "video_level_class", "labels_from_events", "make_dataloader", "import_official",
-    "read_zipped_array", "fit_segments", "load_array", "make_text_featurizer", "prompt_table",
+    "read_zipped_array", "fit_segments", "load_array", "make_text_featurizer", "prompt_table", "caption_tokens",
 ]

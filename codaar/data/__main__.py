@@ -1,8 +1,11 @@
-"""``python -m codaar.data``: write the built-in data set, inspect a folder, import the authors' layout."""
+"""``python -m codaar.data``: write the built-in data set, inspect a folder, import the authors' layout,
+score a data set's reference baselines."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import numpy as np
 
 from .errors import DataFormatError
 from .format import load_dataset, read_manifest
-from .synthetic import PRESETS, synthetic_config, write_synthetic
+from .synthetic import PRESETS, build_synthetic, synthetic_config, write_synthetic
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -23,15 +26,14 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _add_synth(sub):
-    p = sub.add_parser("synth", help="write the built-in synthetic data set",
-                       description="Generate the built-in tri-modal data set from a seed and write it in the "
-                                   "project's format (same seed and options -> identical files).")
-    p.add_argument("out", type=Path, help="output folder (must not exist unless --overwrite)")
+def _add_synthetic_options(p):
+    """The built-in data set's preset, seed and size overrides (shared by synth and baselines)."""
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="default: CPU-sized (audio 128, video 64, text 10x128); paper: the paper's shapes "
                         "(video 7x7x512, text 10x768, ~3 GB); avvp: two events per clip, some single-modality, "
-                        "per-modality labels")
+                        "per-modality labels; hard: the default's sizes with held-out test factors (speakers, "
+                        "backgrounds, caption templates), misaligned and single-modality events, misleading "
+                        "backgrounds and per-clip captions")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     p.add_argument("--num-classes", type=int, help="event classes (default 10)")
     p.add_argument("--num-pretrain", type=int, help="unlabeled pretraining clips")
@@ -43,8 +45,62 @@ def _add_synth(sub):
     p.add_argument("--text-dim", type=int, help="text embedding width (default 128; paper 768)")
     p.add_argument("--text-tokens", type=int, help="tokens per prompt (default 10)")
     p.add_argument("--noise-std", type=float, help="observation noise relative to unit-variance features (default 0.1)")
+
+
+def _synthetic_config(args):
+    return synthetic_config(args.preset, seed=args.seed, num_classes=args.num_classes, num_pretrain=args.num_pretrain,
+                            num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
+                            audio_dim=args.audio_dim, video_shape=args.video_shape, text_dim=args.text_dim,
+                            text_tokens=args.text_tokens, noise_std=args.noise_std)
+
+
+def _add_synth(sub):
+    p = sub.add_parser("synth", help="write the built-in synthetic data set",
+                       description="Generate the built-in tri-modal data set from a seed and write it in the "
+                                   "project's format (same seed and options -> identical files).")
+    p.add_argument("out", type=Path, help="output folder (must not exist unless --overwrite)")
+    _add_synthetic_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_baselines(sub):
+    p = sub.add_parser("baselines", help="score the reference baselines of a data set",
+                       description="Within-modality ceiling, random projection and linear CCA on the raw features "
+                                   "(codaar/evaluation/baselines.py), scored with the clean AVE protocol; prints a "
+                                   "markdown table, and with --out writes OUT.json and OUT.md.")
+    p.add_argument("--data", type=Path, help="a data set folder instead of the built-in preset")
+    _add_synthetic_options(p)
+    p.add_argument("--out", type=Path, help="write OUT.json and OUT.md (a .json/.md suffix is dropped)")
+    p.add_argument("--head-lr", type=float, help="learning rate of the AVE head (default 1e-2)")
+    p.add_argument("--head-epochs", type=int, help="epochs of the AVE head (default 100)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: tiny heads run slower "
+                                                         "on more threads of a busy machine)")
+
+
+def _baselines(args, argv) -> None:
+    import dataclasses
+
+    import torch
+
+    from codaar.evaluation.baselines import BaselineSettings, markdown, run_baselines
+
+    torch.set_num_threads(args.threads)
+    data = load_dataset(args.data) if args.data is not None else build_synthetic(_synthetic_config(args))
+    settings = BaselineSettings()
+    head = {k: v for k, v in (("lr", args.head_lr), ("epochs", args.head_epochs)) if v is not None}
+    settings = dataclasses.replace(settings, head=dataclasses.replace(settings.head, **head))
+    report = run_baselines(data, settings, log=lambda line: print(line, file=sys.stderr))
+    command = "python -m codaar.data " + shlex.join(argv)
+    report["command"] = command
+    text = markdown(report, command)
+    print(text)
+    if args.out is not None:
+        stem = args.out.with_suffix("") if args.out.suffix in (".json", ".md") else args.out
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_name(stem.name + ".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        stem.with_name(stem.name + ".md").write_text(text, encoding="utf-8")
+        print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
 
 
 def _add_inspect(sub):
@@ -92,7 +148,11 @@ def _print_summary(root: Path, finite: bool) -> None:
                                                          if "preset" in data.info else ""))
     print(data.summary())
     print("classes: " + ", ".join(data.class_names[:12]) + (" ..." if data.num_classes > 12 else ""))
-    print(f"prompt[0]: {data.prompts[0]!r}")
+    print(f"text: {data.text_kind or 'none'}")
+    if data.prompts:
+        print(f"prompt[0]: {data.prompts[0]!r}")
+    if data.clip_captions:
+        print(f"caption[0]: {data.clip_captions[0]!r}")
     sample = np.sort(np.random.default_rng(0).choice(data.num_clips, size=min(256, data.num_clips), replace=False))
     for modality in ("audio", "video"):
         x = np.asarray(data.modality(modality)[sample], dtype=np.float64)
@@ -112,16 +172,15 @@ def main(argv=None) -> int:
     _add_synth(sub)
     _add_inspect(sub)
     _add_import(sub)
+    _add_baselines(sub)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     try:
         if args.command == "synth":
-            config = synthetic_config(args.preset, seed=args.seed, num_classes=args.num_classes,
-                                      num_pretrain=args.num_pretrain, num_train=args.num_train,
-                                      num_val=args.num_val, num_test=args.num_test, audio_dim=args.audio_dim,
-                                      video_shape=args.video_shape, text_dim=args.text_dim,
-                                      text_tokens=args.text_tokens, noise_std=args.noise_std)
-            data = write_synthetic(args.out, config, overwrite=args.overwrite, progress=not args.quiet)
+            data = write_synthetic(args.out, _synthetic_config(args), overwrite=args.overwrite, progress=not args.quiet)
             print(f"wrote {args.out}\n{data.summary()}")
+        elif args.command == "baselines":
+            _baselines(args, argv)
         elif args.command == "inspect":
             _print_summary(args.dir, finite=not args.no_finite_check)
         else:
@@ -139,6 +198,11 @@ def main(argv=None) -> int:
             print(f"wrote {args.out}\n{data.summary()}")
     except (DataFormatError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # the evaluation helpers' errors for missing splits or labels
+        if not isinstance(exc.code, str):
+            raise
+        print(f"error: {exc.code}", file=sys.stderr)
         return 2
     return 0
 

@@ -31,6 +31,9 @@ class TriModalData:
       text_table [C, L, Dt] or None              token embeddings of each class prompt; the text of
                                                  clip i is ``text_table[category[i]]`` (prompts depend
                                                  only on the class, so the table is computed once)
+      clip_text  [N, L, Dt] or None              per-clip text instead (each clip's own caption), L = T:
+                                                 the model reads the L tokens as its T text steps
+      clip_text_mask [N, L] bool or None         True = real token, False = padding (after the real ones)
       category   [N] int64                       class index of each clip (the prompt to use)
       labels     name -> [N, T, K+1] float32     per-segment multi-hot labels, background column last;
                                                  "segment" is shared by all modalities (AVE-like),
@@ -50,6 +53,10 @@ class TriModalData:
     clip_ids: np.ndarray | None = None
     info: dict = field(default_factory=dict)
     root: Path | None = None  # the folder it was loaded from; None when built in memory
+    # Per-clip text (captions): both set or both None, and never together with `text_table`.
+    clip_text: np.ndarray | None = None
+    clip_text_mask: np.ndarray | None = None
+    clip_captions: list[str] | None = None  # the caption each clip's text came from (for inspection)
 
     @property
     def num_clips(self) -> int:
@@ -64,15 +71,25 @@ class TriModalData:
         return len(self.class_names)
 
     @property
+    def text_kind(self) -> str | None:
+        """"per-clip" (each clip its own caption), "class-prompt" (one prompt per class) or None (no text)."""
+        if self.clip_text is not None:
+            return "per-clip"
+        return "class-prompt" if self.text_table is not None else None
+
+    @property
     def modalities(self) -> tuple[str, ...]:
-        return ("audio", "video") + (("text",) if self.text_table is not None else ())
+        return ("audio", "video") + (("text",) if self.text_kind is not None else ())
+
+    def _text_source(self) -> np.ndarray:
+        if self.text_kind is None:
+            raise KeyError("this data set has no text modality")
+        return self.clip_text if self.clip_text is not None else self.text_table
 
     def feature_shape(self, modality: str) -> tuple[int, ...]:
         """Shape of one time step of ``modality`` (text: one token)."""
         if modality == "text":
-            if self.text_table is None:
-                raise KeyError("this data set has no text modality")
-            return tuple(self.text_table.shape[2:])
+            return tuple(self._text_source().shape[2:])
         return tuple(self.modality(modality).shape[2:])
 
     def modality(self, name: str) -> np.ndarray:
@@ -83,10 +100,18 @@ class TriModalData:
         raise KeyError(f"per-clip array for modality {name!r} does not exist; use text(indices) for text")
 
     def text(self, indices) -> np.ndarray:
-        """Token embeddings [len(indices), L, Dt] of the given clips (gathered from the class table)."""
-        if self.text_table is None:
-            raise KeyError("this data set has no text modality")
-        return self.text_table[np.asarray(self.category[indices])]
+        """Token embeddings [len(indices), L, Dt] of the given clips (their own text, or their class's prompt)."""
+        source = self._text_source()
+        if self.clip_text is not None:
+            return np.asarray(source[np.asarray(indices)])
+        return source[np.asarray(self.category[indices])]
+
+    def text_mask(self, indices) -> np.ndarray:
+        """Real-token mask [len(indices), L] bool of the given clips (all True for class prompts)."""
+        source = self._text_source()
+        if self.clip_text_mask is not None:
+            return np.asarray(self.clip_text_mask[np.asarray(indices)], dtype=bool)
+        return np.ones(np.shape(indices) + (source.shape[1],), dtype=bool)
 
     def split(self, name: str) -> np.ndarray:
         if name not in self.splits:
@@ -109,6 +134,12 @@ class TriModalData:
         ]
         if self.text_table is not None:
             lines.append(f"text table: {tuple(self.text_table.shape)} {self.text_table.dtype}")
+        if self.clip_text is not None:
+            line = f"text per clip: {tuple(self.clip_text.shape)} {self.clip_text.dtype}"
+            tokens = np.asarray(self.clip_text_mask).sum(axis=1)
+            if tokens.size:
+                line += f", real tokens per clip {tokens.mean():.1f} (min {tokens.min()}, max {tokens.max()})"
+            lines.append(line)
         for name, arr in self.labels.items():
             lines.append(f"labels[{name}]: {tuple(arr.shape)} ({len(self.label_classes.get(name, []))} columns)")
         lines.append("splits: " + ", ".join(f"{k}={len(v)}" for k, v in self.splits.items()))
@@ -175,7 +206,9 @@ def validate(data: TriModalData, files: dict[str, object] | None = None, finite:
         raise DataFormatError(where("manifest"), "class_names", "at least one class", "none")
     if len(set(data.class_names)) != c:
         raise DataFormatError(where("manifest"), "class_names", "unique names", "duplicates")
-    if len(data.prompts) != c:
+    validate_clip_text(data, n, t, where)
+    # Per-clip text needs no class prompts (captioned data has none); otherwise one per class.
+    if len(data.prompts) != c and not (data.clip_text is not None and len(data.prompts) == 0):
         raise DataFormatError(where("manifest"), "prompts", f"{c} prompts (one per class)", f"{len(data.prompts)}")
     if data.text_table is not None:
         expect_features("text", data.text_table, 3)
@@ -219,5 +252,52 @@ def validate(data: TriModalData, files: dict[str, object] | None = None, finite:
         check_finite(data.video, where("video"), "video")
         if data.text_table is not None:
             check_finite(data.text_table, where("text"), "text")
+        if data.clip_text is not None:
+            check_finite(data.clip_text, where("text_clips"), "text_clips")
         for name, arr in data.labels.items():
             check_finite(arr, where(f"labels.{name}"), f"labels.{name}")
+
+
+def validate_clip_text(data: TriModalData, n: int, t: int, where) -> None:
+    """Per-clip text: [N, T, Dt] features with a [N, T] bool mask whose real tokens come first, at
+    least one per clip (an all-padding row would leave the text encoder nothing to read)."""
+    text, mask = data.clip_text, data.clip_text_mask
+    if text is None and mask is None:
+        if data.clip_captions is not None:
+            raise DataFormatError(where("captions"), "captions", "per-clip text beside the captions", "no text_clips")
+        return
+    if text is None or mask is None:
+        given, missing = ("text_clips", "text_mask") if mask is None else ("text_mask", "text_clips")
+        raise DataFormatError(where(missing), missing, "both text_clips and text_mask (per-clip text)",
+                              f"{given} without {missing}")
+    if data.text_table is not None:
+        raise DataFormatError(where("text_clips"), "text_clips", "either per-clip text or a class-prompt table",
+                              "both (text.npy and text_clips.npy)")
+    if not isinstance(text, np.ndarray):
+        raise DataFormatError(where("text_clips"), "text_clips", "a numpy array", type(text).__name__)
+    if text.dtype.name not in FEATURE_DTYPES:
+        raise DataFormatError(where("text_clips"), "text_clips", f"dtype in {FEATURE_DTYPES}", f"dtype {text.dtype}")
+    if text.ndim != 3 or text.shape[:2] != (n, t):
+        raise DataFormatError(where("text_clips"), "text_clips",
+                              f"shape ({n}, {t}, features) [clips, tokens = segments, features]",
+                              f"shape {tuple(text.shape)}")
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != (n, t):
+        found = f"shape {tuple(getattr(mask, 'shape', ()))} dtype {getattr(mask, 'dtype', type(mask).__name__)}"
+        raise DataFormatError(where("text_mask"), "text_mask", f"bool array of shape ({n}, {t}) [clips, tokens]", found)
+    mask = np.asarray(mask)
+    if n:
+        empty = np.flatnonzero(~mask.any(axis=1))
+        if empty.size:
+            raise DataFormatError(where("text_mask"), "text_mask", "at least one real token per clip",
+                                  f"{empty.size} clips without any (first: clip {empty[0]})")
+        after_padding = np.flatnonzero((mask[:, 1:] & ~mask[:, :-1]).any(axis=1))
+        if after_padding.size:
+            raise DataFormatError(where("text_mask"), "text_mask", "real tokens first, then padding",
+                                  f"a real token after padding in {after_padding.size} clips "
+                                  f"(first: clip {after_padding[0]})")
+    if data.clip_captions is not None:
+        captions = data.clip_captions
+        if not isinstance(captions, list) or len(captions) != n or not all(isinstance(c, str) for c in captions):
+            found = (f"{len(captions)} entries" if isinstance(captions, list) and len(captions) != n
+                     else "non-string entries" if isinstance(captions, list) else type(captions).__name__)
+            raise DataFormatError(where("captions"), "captions", f"a list of {n} strings (one per clip)", found)

@@ -1,15 +1,21 @@
 """The project's on-disk format: one ``.npy`` per array plus a JSON manifest.
 
-Layout of a data set folder (schema version 1)::
+Layout of a data set folder (schema version 2)::
 
-    manifest.json            format, schema_version, shapes, dtypes, class names, prompts, provenance
+    manifest.json            format, schema_version, shapes, dtypes, class names, prompts, text_kind, provenance
     audio.npy                [N, T, Da]
     video.npy                [N, T, *Sv]
-    text.npy                 [C, L, Dt]   (optional; one row per class prompt)
+    text.npy                 [C, L, Dt]   (optional; one row per class prompt)          text_kind "class-prompt"
+    text_clips.npy           [N, T, Dt]   (optional; each clip's own caption, L = T)   text_kind "per-clip"
+    text_mask.npy            [N, T] bool  (with text_clips; True = real token, padding last)
+    captions.json            N strings    (optional, with text_clips; the captions, for inspection)
     category.npy             [N] int64
     clip_ids.npy             [N] unicode
     labels_<name>.npy        [N, T, K+1]  (optional; "segment", "audio", "video")
     splits/<name>.npy        int64 clip indices
+
+Version 2 added per-clip text (``text_clips``, ``text_mask``, ``captions.json``) and the manifest's
+``text_kind``; version-1 folders (class prompts or no text) load unchanged.
 
 Why this format: ``.npy`` opens memory-mapped with ``allow_pickle=False`` (no code runs on
 load, data larger than RAM works), and numpy alone can read it. Writers build the folder
@@ -32,8 +38,11 @@ from .container import TriModalData, validate
 from .errors import DataFormatError
 
 FORMAT_NAME = "codaar-data"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the version written
+READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
+CAPTIONS = "captions.json"
+TEXT_KINDS = ("class-prompt", "per-clip")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,8 +92,9 @@ def _array_entry(filename: str, array: np.ndarray) -> dict:
 def write_dataset_files(data: TriModalData, folder, already_written: frozenset[str] = frozenset()) -> dict:
     """Write ``data`` into the existing ``folder`` (no atomicity; see `write_dataset`).
 
-    Arrays named in ``already_written`` ("audio", "video") are assumed to be memory-mapped
-    files already in place at their standard names (streaming writers fill them block by block).
+    Arrays named in ``already_written`` ("audio", "video", "text_clips", "text_mask") are assumed to
+    be memory-mapped files already in place at their standard names (streaming writers fill them
+    block by block).
     Returns the manifest written.
     """
     folder = Path(folder)
@@ -103,6 +113,11 @@ def write_dataset_files(data: TriModalData, folder, already_written: frozenset[s
     put("video", "video.npy", data.video)
     if data.text_table is not None:
         put("text", "text.npy", data.text_table)
+    if data.clip_text is not None:
+        put("text_clips", "text_clips.npy", data.clip_text)
+        put("text_mask", "text_mask.npy", data.clip_text_mask)
+        if data.clip_captions is not None:
+            (folder / CAPTIONS).write_text(json.dumps(list(data.clip_captions), indent=0) + "\n", encoding="utf-8")
     put("category", "category.npy", data.category.astype(np.int64, copy=False))
     if data.clip_ids is not None:
         put("clip_ids", "clip_ids.npy", np.asarray(data.clip_ids, dtype=str))
@@ -121,6 +136,7 @@ def write_dataset_files(data: TriModalData, folder, already_written: frozenset[s
         "num_clips": data.num_clips,
         "segments": data.segments,
         "modalities": list(data.modalities),
+        "text_kind": data.text_kind,
         "class_names": list(data.class_names),
         "prompts": list(data.prompts),
         "arrays": arrays,
@@ -158,9 +174,10 @@ def _read_manifest(root: Path) -> dict:
         raise DataFormatError(path, MANIFEST, "a JSON object", type(manifest).__name__)
     if manifest.get("format") != FORMAT_NAME:
         raise DataFormatError(path, "format", repr(FORMAT_NAME), repr(manifest.get("format")))
-    if manifest.get("schema_version") != SCHEMA_VERSION:
+    if manifest.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
         raise DataFormatError(
-            path, "schema_version", f"{SCHEMA_VERSION} (the version this codaar reads)",
+            path, "schema_version",
+            f"{' or '.join(map(str, READABLE_SCHEMA_VERSIONS))} (the versions this codaar reads)",
             repr(manifest.get("schema_version")), hint="unknown schema version; convert the data with a matching codaar",
         )
     required = {"num_clips": int, "segments": int, "class_names": list, "prompts": list, "arrays": dict,
@@ -173,6 +190,15 @@ def _read_manifest(root: Path) -> dict:
         if key not in manifest["arrays"]:
             raise DataFormatError(path, f"arrays.{key}", f"an entry for the {key} array", "missing",
                                   hint="missing modality" if key != "category" else None)
+    if manifest["schema_version"] >= 2:
+        kind = manifest.get("text_kind")
+        if kind is not None and kind not in TEXT_KINDS:
+            raise DataFormatError(path, "text_kind", f"one of {list(TEXT_KINDS)} or null", repr(kind))
+        needed = {"class-prompt": ("text",), "per-clip": ("text_clips", "text_mask"), None: ()}[kind]
+        for key in needed:
+            if key not in manifest["arrays"]:
+                raise DataFormatError(path, f"arrays.{key}", f"an entry for the {key} array (text_kind {kind!r})",
+                                      "missing", hint="missing modality")
     return manifest
 
 
@@ -248,10 +274,20 @@ def load_dataset(root, mmap: bool = True, check_finite: bool = True) -> TriModal
     if arrays["audio"].ndim >= 2 and arrays["audio"].shape[1] != manifest["segments"]:
         raise DataFormatError(files["audio"], "audio", f"{manifest['segments']} segments (manifest)",
                               f"{arrays['audio'].shape[1]}")
+    captions = None
+    if "text_clips" in arrays and (root / CAPTIONS).is_file():
+        files["captions"] = root / CAPTIONS
+        try:
+            captions = json.loads((root / CAPTIONS).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataFormatError(root / CAPTIONS, "captions", "valid UTF-8 JSON", f"unreadable JSON ({exc})") from None
     data = TriModalData(
         audio=arrays["audio"],
         video=arrays["video"],
         text_table=arrays.get("text"),
+        clip_text=arrays.get("text_clips"),
+        clip_text_mask=arrays.get("text_mask"),
+        clip_captions=captions,
         category=np.asarray(arrays["category"]),
         class_names=[str(c) for c in manifest["class_names"]],
         prompts=[str(p) for p in manifest["prompts"]],
@@ -262,9 +298,12 @@ def load_dataset(root, mmap: bool = True, check_finite: bool = True) -> TriModal
         info=manifest.get("info", {}),
         root=root,
     )
-    if "text" in manifest.get("modalities", []) and data.text_table is None:
+    if "text" in manifest.get("modalities", []) and data.text_kind is None:
         raise DataFormatError(manifest_path, "arrays.text", "an entry for the text array (listed in modalities)",
                               "missing", hint="missing modality")
+    if manifest["schema_version"] >= 2 and manifest.get("text_kind") != data.text_kind:
+        raise DataFormatError(manifest_path, "text_kind", f"{data.text_kind!r} (the text arrays listed)",
+                              repr(manifest.get("text_kind")))
     validate(data, files, finite=check_finite)
     return data
 

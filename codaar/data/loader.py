@@ -21,8 +21,8 @@ from .format import load_dataset
 class TriModalDataset(Dataset):
     """Clips of one split. Each item is a dict of tensors:
 
-    ``index`` (int64 clip index), ``audio`` [T, Da], ``video`` [T, *Sv], ``text`` [L, Dt],
-    ``category`` (int64), and, with ``with_labels``, ``labels`` [T, K+1] (the shared set) plus
+    ``index`` (int64 clip index), ``audio`` [T, Da], ``video`` [T, *Sv], ``text`` [L, Dt] with
+    ``text_mask`` [L] bool (True = real token; all True for class prompts), ``category`` (int64), and, with ``with_labels``, ``labels`` [T, K+1] (the shared set) plus
     ``labels_audio`` / ``labels_video`` when the data set has per-modality labels.
     Features come as float32 (the trainer casts if it wants float64).
     """
@@ -71,6 +71,8 @@ class TriModalDataset(Dataset):
         for modality in self.modalities:
             source = data.text(sorted_clips) if modality == "text" else data.modality(modality)[sorted_clips]
             batch[modality] = torch.from_numpy(np.ascontiguousarray(source)).to(self.dtype)
+        if "text" in self.modalities:
+            batch["text_mask"] = torch.from_numpy(np.ascontiguousarray(data.text_mask(sorted_clips)))
         if self.with_labels:
             for name, labels in data.labels.items():
                 key = "labels" if name == "segment" else f"labels_{name}"

@@ -18,7 +18,21 @@ Generative story (one clip of T segments):
    standardised with fixed constants and gets Gaussian noise. The class is recoverable from
    every modality, but through different nonlinear maps and different dimensions, so raw
    features of two modalities are not comparable: transfer needs learned alignment.
-5. Text. The class prompt through the offline hashed featurizer, [L, Dt], one row per class.
+5. Text. The class prompt through the offline hashed featurizer, [L, Dt], one row per class;
+   or (``text_kind="per-clip"``) each clip's own caption: a paraphrase template filled with the
+   event and the scene, featurized to [T, Dt] with a mask for the padding.
+
+The ``hard`` preset turns on the factors that make the built-in data hard for linear methods and
+for alignment, all off by default (so the other presets' arrays do not change):
+
+* held-out test factors: "speakers"/"cameras" (a modality's style plus its own gain and offset on
+  the observation map's hidden units) and backgrounds drawn from kinds that appear only in the
+  test split, and caption templates used only there;
+* imperfect alignment: each modality's copy of an event starts up to ``onset_jitter`` segments
+  early or late, a second event is only audible or only visible, and the AVE-style ``segment``
+  labels mark what is both audible and visible (AVE's definition), per-modality labels the rest;
+* misleading backgrounds: background segments carry part of another class's prototype, a
+  different class in each modality.
 
 Everything random comes from ``numpy.random.default_rng`` keyed by (seed, purpose, block), and
 clips are generated in fixed blocks of `BLOCK_CLIPS`, so the in-memory set and the streamed
@@ -35,12 +49,12 @@ import numpy as np
 
 from .container import BACKGROUND, TriModalData
 from .format import atomic_output_dir, load_dataset, write_dataset_files
-from .text import HashedTextFeaturizer, prompt_table
+from .text import HashedTextFeaturizer, caption_tokens, prompt_table
 
 GENERATOR_VERSION = 1
 BLOCK_CLIPS = 256  # part of the determinism contract: changing it changes the data
 _CALIBRATION_CLIPS = 64
-_PURPOSE_WORLD, _PURPOSE_CLIPS, _PURPOSE_CALIBRATION = 0, 1, 2
+_PURPOSE_WORLD, _PURPOSE_CLIPS, _PURPOSE_CALIBRATION, _PURPOSE_WORLD_EXTRA = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -69,11 +83,28 @@ class SyntheticConfig:
     jitter_std: float = 0.15  # per-segment semantic jitter, shared by the modalities
     private_std: float = 1.0  # scale of the modality-private nuisance factors
     noise_std: float = 0.1  # observation noise, relative to unit-variance features
+    map_gain: float = 1.5  # scale of the first layer of the observation maps (how nonlinear they are)
+    # The hard preset's factors (module docstring); the defaults switch them off.
+    second_event_prob: float = 1.0  # with events_per_clip=2: chance that a clip has its second event
+    onset_jitter: int = 0  # each modality's copy of an event is shifted by up to this many segments
+    segment_labels: str = "union"  # "union": audible or visible; "audio-visual": audible and visible
+    distractor_strength: float = 0.0  # share of another class's prototype in background segments
+    nuisance_kinds: int = 0  # 0: per-clip styles; else this many fixed styles/transforms per modality
+    heldout_nuisance_kinds: int = 0  # of those, the last ones appear only in the test split
+    nuisance_transform: float = 0.0  # log-gain / offset scale of a kind's transform of the hidden units
+    heldout_background_kinds: int = 0  # extra background kinds that appear only in the test split
+    text_kind: str = "class-prompt"  # or "per-clip": a caption per clip (text_tokens must equal segments)
+    heldout_templates: int = 0  # per-clip text: caption templates used only in the test split
     dtype: str = "float32"
 
     @property
     def num_clips(self) -> int:
         return self.num_pretrain + self.num_train + self.num_val + self.num_test
+
+    @property
+    def per_modality_labels(self) -> bool:
+        """Whether audio and video get their own labels (they differ from the shared ones)."""
+        return self.events_per_clip == 2 or self.onset_jitter > 0 or self.segment_labels != "union"
 
     def check(self) -> None:
         problems = []
@@ -92,6 +123,24 @@ class SyntheticConfig:
             problems.append("negative clip count")
         if self.dtype not in ("float32", "float64", "float16"):
             problems.append(f"dtype={self.dtype}")
+        if not 0 <= self.second_event_prob <= 1:
+            problems.append(f"second_event_prob={self.second_event_prob} (need [0, 1])")
+        if self.onset_jitter < 0 or self.min_event_segments < 2 * self.onset_jitter + 1:
+            problems.append(f"onset_jitter={self.onset_jitter} with min_event_segments={self.min_event_segments} "
+                            "(need min_event_segments >= 2 * onset_jitter + 1, so both copies of an event overlap)")
+        if self.segment_labels not in ("union", "audio-visual"):
+            problems.append(f"segment_labels={self.segment_labels!r} (union or audio-visual)")
+        if not 0 <= self.heldout_nuisance_kinds < max(self.nuisance_kinds, 1):
+            problems.append(f"heldout_nuisance_kinds={self.heldout_nuisance_kinds} of nuisance_kinds="
+                            f"{self.nuisance_kinds} (need fewer held-out kinds than kinds)")
+        if self.heldout_background_kinds < 0 or self.background_kinds < 1:
+            problems.append(f"background kinds {self.background_kinds} + {self.heldout_background_kinds} held out")
+        if self.text_kind not in ("class-prompt", "per-clip"):
+            problems.append(f"text_kind={self.text_kind!r} (class-prompt or per-clip)")
+        if self.text_kind == "per-clip" and self.text_tokens != self.segments:
+            problems.append(f"text_tokens={self.text_tokens} with per-clip text (must equal segments={self.segments})")
+        if not 0 <= self.heldout_templates < len(CAPTION_TEMPLATES):
+            problems.append(f"heldout_templates={self.heldout_templates} (need [0, {len(CAPTION_TEMPLATES)}))")
         if problems:
             raise ValueError("bad synthetic data config: " + "; ".join(problems))
 
@@ -105,6 +154,11 @@ PRESETS: dict[str, dict] = {
                   num_pretrain=2000, num_train=600, num_val=100, num_test=200),
     # Two events per clip, some only audible or only visible; per-modality labels.
     "avvp": dict(events_per_clip=2, single_modality_prob=0.5, min_event_segments=2, max_event_segments=7),
+    # The default's sizes with every factor of the module docstring switched on (issue #15).
+    "hard": dict(events_per_clip=2, single_modality_prob=1.0, second_event_prob=0.3, onset_jitter=1,
+                 min_event_segments=3, max_event_segments=8, segment_labels="audio-visual", distractor_strength=0.5,
+                 nuisance_kinds=24, heldout_nuisance_kinds=6, nuisance_transform=0.5, heldout_background_kinds=2,
+                 text_kind="per-clip", heldout_templates=2),
 }
 
 
@@ -160,6 +214,32 @@ def class_names_and_prompts(num_classes: int, seed: int) -> tuple[list[str], lis
     return names, prompts
 
 
+# Per-clip captions: "{event}" is the class name, "{scene}" the clip's background kind. The last
+# `heldout_templates` templates are used only in the test split.
+CAPTION_TEMPLATES = (
+    "the sound of {event} {scene}",
+    "we can hear {event} {scene}",
+    "a recording of {event} {scene}",
+    "{event} {scene}",
+    "{scene} someone films {event}",
+    "clear audio of {event} {scene}",
+    "there is {event} going on {scene}",
+    "listen to {event} {scene}",
+)
+_SCENES = ("on a busy street", "in a quiet room", "in the rain", "in a windy park", "near the sea",
+           "in a crowded hall", "at a train station", "in a forest")
+
+
+def scene_name(kind: int) -> str:
+    return _SCENES[kind] if kind < len(_SCENES) else f"in place {kind}"
+
+
+def clip_captions(names: list[str], category: np.ndarray, template: np.ndarray, scene: np.ndarray) -> list[str]:
+    """Each clip's caption: its template filled with its class name and its background's scene."""
+    return [CAPTION_TEMPLATES[t].format(event=names[c], scene=scene_name(b))
+            for c, t, b in zip(category.tolist(), template.tolist(), scene.tolist())]
+
+
 # ----------------------------------------------------------------------------------------------
 # The fixed "world": prototypes and per-modality observation maps
 
@@ -167,9 +247,10 @@ def class_names_and_prompts(num_classes: int, seed: int) -> tuple[list[str], lis
 @dataclass
 class _World:
     class_protos: np.ndarray  # [C, S]
-    background_protos: np.ndarray  # [B, S]
+    background_protos: np.ndarray  # [B + held-out B, S]
     maps: dict  # modality -> (W1, b1, W2, b2)
     scale: dict = field(default_factory=dict)  # modality -> (mean, std) standardising constants
+    nuisance: dict = field(default_factory=dict)  # modality -> (style [K, P], log-gain [K, H], offset [K, H])
 
 
 def _make_world(cfg: SyntheticConfig) -> _World:
@@ -179,15 +260,25 @@ def _make_world(cfg: SyntheticConfig) -> _World:
     background_protos = 0.7 * rng.standard_normal((cfg.background_kinds, s))
     maps = {}
     for modality, out_dim in (("audio", cfg.audio_dim), ("video", cfg.video_shape[-1])):
-        # Gain 1.5 on unit-scale inputs drives tanh/ReLU well into their nonlinear range.
-        w1 = 1.5 * rng.standard_normal((s + p, h)) / np.sqrt(s + p)
+        # A gain of 1.5 (map_gain) on unit-scale inputs drives tanh/ReLU well into their nonlinear range.
+        w1 = cfg.map_gain * rng.standard_normal((s + p, h)) / np.sqrt(s + p)
         b1 = 0.5 * rng.standard_normal(h)
         w2 = rng.standard_normal((h, out_dim)) / np.sqrt(h)
         b2 = 0.1 * rng.standard_normal(out_dim)
         maps[modality] = (w1, b1, w2, b2)
     world = _World(class_protos, background_protos, maps)
-    # Standardising constants from a calibration block drawn from its own stream.
-    calibration = _raw_block(world, cfg, np.random.default_rng([cfg.seed, _PURPOSE_CALIBRATION]), _CALIBRATION_CLIPS)
+    # The hard preset's world comes from its own stream: the draws above stay those of every preset.
+    extra = np.random.default_rng([cfg.seed, _PURPOSE_WORLD_EXTRA])
+    if cfg.heldout_background_kinds:
+        held_out = 0.7 * extra.standard_normal((cfg.heldout_background_kinds, s))
+        world.background_protos = np.concatenate([background_protos, held_out])
+    for modality in ("audio", "video") if cfg.nuisance_kinds else ():
+        k, scale = cfg.nuisance_kinds, cfg.nuisance_transform
+        world.nuisance[modality] = (extra.standard_normal((k, p)), scale * extra.standard_normal((k, h)),
+                                    scale * extra.standard_normal((k, h)))
+    # Standardising constants from a calibration block drawn from its own stream (no test clips).
+    calibration = _raw_block(world, cfg, np.random.default_rng([cfg.seed, _PURPOSE_CALIBRATION]),
+                             np.zeros(_CALIBRATION_CLIPS, bool))
     for modality in ("audio", "video"):
         x = calibration[modality].reshape(-1, calibration[modality].shape[-1])
         if modality == "video" and len(cfg.video_shape) == 3:
@@ -198,23 +289,39 @@ def _make_world(cfg: SyntheticConfig) -> _World:
     return world
 
 
-def _observe(world: _World, modality: str, semantic: np.ndarray, private: np.ndarray, dtype=np.float64) -> np.ndarray:
+def _observe(world: _World, modality: str, semantic: np.ndarray, private: np.ndarray, dtype=np.float64,
+             kind: np.ndarray | None = None) -> np.ndarray:
+    """The modality's map of [semantic; private] [n, T, ..., S + P]; ``kind`` [n] selects each clip's
+    nuisance transform (a gain and an offset per hidden unit) when the world has them."""
     w1, b1, w2, b2 = (w.astype(dtype) for w in world.maps[modality])
-    hidden = np.concatenate([semantic, private], axis=-1).astype(dtype) @ w1 + b1
+    hidden = np.concatenate([semantic, private], axis=-1).astype(dtype) @ w1
+    if kind is not None:
+        _, log_gain, offset = world.nuisance[modality]
+        broadcast = (len(kind),) + (1,) * (hidden.ndim - 2) + (hidden.shape[-1],)
+        hidden = hidden * np.exp(log_gain[kind]).reshape(broadcast) + offset[kind].reshape(broadcast)
+    hidden = hidden + b1
     hidden = np.tanh(hidden) if modality == "audio" else np.maximum(hidden, 0.0)
     return hidden @ w2 + b2
 
 
 def _event_spans(rng, cfg, n):
+    """Onset and length [n] of an event per clip."""
     length = rng.integers(cfg.min_event_segments, cfg.max_event_segments + 1, size=n)
     onset = np.floor(rng.random(n) * (cfg.segments - length + 1)).astype(np.int64)
-    t = np.arange(cfg.segments)
+    return onset, length
+
+
+def _span_mask(onset, length, segments):
+    t = np.arange(segments)
     return (t >= onset[:, None]) & (t < (onset + length)[:, None])  # [n, T]
 
 
-def _private_factors(rng, cfg, n, extra_shape=()):
-    """Per-clip style plus an AR(1) drift over segments: [n, T, *extra_shape, P]."""
-    style = rng.standard_normal((n, 1) + extra_shape + (cfg.private_dim,))
+def _private_factors(rng, cfg, n, extra_shape=(), style=None):
+    """Per-clip style (or the given one, [n, P]) plus an AR(1) drift over segments: [n, T, *extra_shape, P]."""
+    if style is None:
+        style = rng.standard_normal((n, 1) + extra_shape + (cfg.private_dim,))
+    else:
+        style = style.reshape((n, 1) + (1,) * len(extra_shape) + (cfg.private_dim,))
     drift = np.empty((n, cfg.segments) + extra_shape + (cfg.private_dim,))
     drift[:, 0] = rng.standard_normal((n,) + extra_shape + (cfg.private_dim,))
     for t in range(1, cfg.segments):
@@ -222,8 +329,19 @@ def _private_factors(rng, cfg, n, extra_shape=()):
     return cfg.private_std * (0.8 * style + 0.6 * drift)
 
 
-def _raw_block(world: _World, cfg: SyntheticConfig, rng, n: int) -> dict:
-    """Generate ``n`` clips (unstandardised features, labels) from ``rng``."""
+def _draw_kind(rng, test: np.ndarray, seen: int, held_out: int) -> np.ndarray:
+    """A kind per clip: one of the first `seen` outside the test split, one of the `held_out` after
+    them inside it (with none held out, any of the `seen` everywhere)."""
+    kind = rng.integers(seen, size=len(test))
+    if held_out:
+        kind = np.where(test, seen + rng.integers(held_out, size=len(test)), kind)
+    return kind
+
+
+def _raw_block(world: _World, cfg: SyntheticConfig, rng, test: np.ndarray) -> dict:
+    """Generate ``len(test)`` clips (unstandardised features, labels) from ``rng``; ``test`` [n] marks
+    the clips of the test split (the only ones that see held-out kinds)."""
+    n = len(test)
     t_len, c = cfg.segments, cfg.num_classes
     category = rng.integers(c, size=n)
     events = [(category, _event_spans(rng, cfg, n), np.ones((n, 2), bool))]
@@ -235,38 +353,62 @@ def _raw_block(world: _World, cfg: SyntheticConfig, rng, n: int) -> dict:
         presence = np.stack([~single | audible_only, ~single | ~audible_only], axis=1)
         events.append((second, _event_spans(rng, cfg, n), presence))
     instance = [cfg.instance_std * rng.standard_normal((n, cfg.semantic_dim)) for _ in events]
-    background = world.background_protos[rng.integers(cfg.background_kinds, size=n)]
+    background_kind = _draw_kind(rng, test, cfg.background_kinds, cfg.heldout_background_kinds)
+    background = world.background_protos[background_kind]
     background = background + cfg.instance_std * rng.standard_normal((n, cfg.semantic_dim))
     jitter = cfg.jitter_std * rng.standard_normal((n, t_len, cfg.semantic_dim))
 
-    out = {"category": category.astype(np.int64)}
+    # The hard preset's factors: nothing is drawn for those switched off, so the other presets keep their data.
+    if cfg.events_per_clip == 2 and cfg.second_event_prob < 1:
+        cls, span, presence = events[1]
+        events[1] = (cls, span, presence & (rng.random(n) < cfg.second_event_prob)[:, None])
+    shifts = [rng.integers(-cfg.onset_jitter, cfg.onset_jitter + 1, size=(n, 2)) if cfg.onset_jitter
+              else np.zeros((n, 2), np.int64) for _ in events]
+    out = {"category": category.astype(np.int64), "background_kind": background_kind}  # (and what tests check)
+    backgrounds = [background, background]  # per modality
+    if cfg.distractor_strength:
+        out["distractor"] = [(category + 1 + rng.integers(c - 1, size=n)) % c for _ in range(2)]
+        backgrounds = [background + cfg.distractor_strength * world.class_protos[d] for d in out["distractor"]]
+    kinds = [None, None]
+    if cfg.nuisance_kinds:
+        seen = cfg.nuisance_kinds - cfg.heldout_nuisance_kinds
+        kinds = out["nuisance_kind"] = [_draw_kind(rng, test, seen, cfg.heldout_nuisance_kinds) for _ in range(2)]
+    if cfg.text_kind == "per-clip":
+        out["template"] = _draw_kind(rng, test, len(CAPTION_TEMPLATES) - cfg.heldout_templates, cfg.heldout_templates)
     labels = {}
     for m_index, modality in enumerate(("audio", "video")):
         total = np.zeros((n, t_len, cfg.semantic_dim))
         count = np.zeros((n, t_len, 1))
         label = np.zeros((n, t_len, c + 1), np.float32)
-        for (cls, mask, presence), offset in zip(events, instance):
-            active = mask & presence[:, m_index : m_index + 1]  # [n, T]
+        for (cls, (onset, length), presence), offset, shift in zip(events, instance, shifts):
+            active = _span_mask(onset + shift[:, m_index], length, t_len) & presence[:, m_index : m_index + 1]
             total += active[..., None] * (world.class_protos[cls] + offset)[:, None, :]
             count += active[..., None]
             rows, times = np.nonzero(active)
             label[rows, times, cls[rows]] = 1.0
         label[..., c] = (count[..., 0] == 0).astype(np.float32)
-        semantic = np.where(count > 0, total / np.maximum(count, 1), background[:, None, :]) + jitter
+        semantic = np.where(count > 0, total / np.maximum(count, 1), backgrounds[m_index][:, None, :]) + jitter
         labels[modality] = label
 
+        kind = kinds[m_index]
+        style = None if kind is None else world.nuisance[modality][0][kind]
         if modality == "video" and len(cfg.video_shape) == 3:
-            out[modality] = _observe_spatial(world, cfg, rng, semantic, background)
+            out[modality] = _observe_spatial(world, cfg, rng, semantic, backgrounds[m_index], kind, style)
         else:
-            out[modality] = _observe(world, modality, semantic, _private_factors(rng, cfg, n))
-    out["labels"] = {"segment": np.maximum(labels["audio"], labels["video"])}
-    out["labels"]["segment"][..., c] = np.minimum(labels["audio"][..., c], labels["video"][..., c])
-    if cfg.events_per_clip == 2:
+            out[modality] = _observe(world, modality, semantic, _private_factors(rng, cfg, n, style=style), kind=kind)
+    if cfg.segment_labels == "union":
+        segment = np.maximum(labels["audio"], labels["video"])
+        segment[..., c] = np.minimum(labels["audio"][..., c], labels["video"][..., c])
+    else:  # AVE's audio-visual event: audible and visible at once
+        segment = np.minimum(labels["audio"], labels["video"])
+        segment[..., c] = (segment[..., :c].max(axis=-1) == 0).astype(np.float32)
+    out["labels"] = {"segment": segment}
+    if cfg.per_modality_labels:
         out["labels"].update(labels)
     return out
 
 
-def _observe_spatial(world, cfg, rng, semantic, background):
+def _observe_spatial(world, cfg, rng, semantic, background, kind=None, style=None):
     """VGG-pool5-like maps [n, T, H, W, C]: the event sits in a Gaussian blob whose position is a
     private (video-only) nuisance drifting over time; the rest of the map shows the background."""
     n, t_len = semantic.shape[:2]
@@ -278,14 +420,15 @@ def _observe_spatial(world, cfg, rng, semantic, background):
         xs[None, None, None, :] - centre[..., 1, None, None]) ** 2
     blob = np.exp(-distance2 / (2 * 1.5**2))[..., None]  # [n, T, H, W, 1]
     per_position = blob * semantic[:, :, None, None, :] + (1 - blob) * background[:, None, None, None, :]
-    private = _private_factors(rng, cfg, n)[:, :, None, None, :] + 0.3 * rng.standard_normal(
+    private = _private_factors(rng, cfg, n, style=style)[:, :, None, None, :] + 0.3 * rng.standard_normal(
         (n, t_len, height, width, cfg.private_dim))
     # float32 here: the spatial map is ~50x bigger than everything else in the block.
-    return np.maximum(_observe(world, "video", per_position, private, np.float32), 0.0)  # pool5 maps are post-ReLU
+    video = _observe(world, "video", per_position, private, np.float32, kind)
+    return np.maximum(video, 0.0)  # pool5 maps are post-ReLU
 
 
-def _finish_block(world, cfg, rng, n) -> dict:
-    block = _raw_block(world, cfg, rng, n)
+def _finish_block(world, cfg, rng, test) -> dict:
+    block = _raw_block(world, cfg, rng, test)
     for modality in ("audio", "video"):
         mean, std = world.scale[modality]
         x = (block[modality] - mean.astype(block[modality].dtype)) / std.astype(block[modality].dtype)
@@ -297,15 +440,18 @@ def _finish_block(world, cfg, rng, n) -> dict:
 
 
 def _iter_blocks(cfg: SyntheticConfig, world: _World):
+    test_start = cfg.num_clips - cfg.num_test  # the test split comes last
     for index, start in enumerate(range(0, cfg.num_clips, BLOCK_CLIPS)):
-        count = min(BLOCK_CLIPS, cfg.num_clips - start)
-        yield start, _finish_block(world, cfg, np.random.default_rng([cfg.seed, _PURPOSE_CLIPS, index]), count)
+        test = np.arange(start, min(start + BLOCK_CLIPS, cfg.num_clips)) >= test_start
+        yield start, _finish_block(world, cfg, np.random.default_rng([cfg.seed, _PURPOSE_CLIPS, index]), test)
 
 
-def _metadata(cfg: SyntheticConfig):
+def _generate(cfg: SyntheticConfig, audio: np.ndarray, video: np.ndarray, progress: bool = False) -> TriModalData:
+    """Fill ``audio`` and ``video`` (arrays or memory maps) block by block; the rest is built in memory."""
+    world = _make_world(cfg)
+    n, t_len = cfg.num_clips, cfg.segments
     names, prompts = class_names_and_prompts(cfg.num_classes, cfg.seed)
     featurizer = HashedTextFeaturizer(dim=cfg.text_dim, max_tokens=cfg.text_tokens, seed=cfg.seed)
-    text = prompt_table(prompts, featurizer).astype(cfg.dtype)
     bounds = np.cumsum([0, cfg.num_pretrain, cfg.num_train, cfg.num_val, cfg.num_test])
     splits = {name: np.arange(bounds[i], bounds[i + 1], dtype=np.int64)
               for i, name in enumerate(("pretrain", "train", "val", "test"))}
@@ -314,10 +460,34 @@ def _metadata(cfg: SyntheticConfig):
     info = {"source": "synthetic", "generator_version": GENERATOR_VERSION, "preset": cfg.preset, "seed": cfg.seed,
             "config": config_dict, "text_featurizer": featurizer.describe(),
             "note": "labels exist for every clip; pretraining must only use the pretrain split, without labels"}
-    label_names = ["segment"] + (["audio", "video"] if cfg.events_per_clip == 2 else [])
+    label_names = ["segment"] + (["audio", "video"] if cfg.per_modality_labels else [])
     label_classes = {name: names + [BACKGROUND] for name in label_names}
-    clip_ids = np.array([f"synth-{i:07d}" for i in range(cfg.num_clips)])
-    return names, prompts, text, splits, info, label_classes, clip_ids
+    labels = {name: np.empty((n, t_len, cfg.num_classes + 1), np.float32) for name in label_classes}
+    per_clip = {key: np.empty(n, np.int64) for key in ("category", "background_kind", "template")}
+
+    blocks = _iter_blocks(cfg, world)
+    if progress:
+        from tqdm import tqdm
+
+        blocks = tqdm(blocks, total=-(-n // BLOCK_CLIPS), unit="block", desc="synth")
+    for start, block in blocks:
+        stop = start + len(block["category"])
+        audio[start:stop], video[start:stop] = block["audio"], block["video"]
+        for key, values in per_clip.items():
+            if key in block:
+                values[start:stop] = block[key]
+        for name in labels:
+            labels[name][start:stop] = block["labels"][name]
+
+    text = {"text_table": prompt_table(prompts, featurizer).astype(cfg.dtype)}
+    if cfg.text_kind == "per-clip":
+        captions = clip_captions(names, per_clip["category"], per_clip["template"], per_clip["background_kind"])
+        tokens, mask = caption_tokens(captions, featurizer)
+        text = {"text_table": None, "clip_text": tokens.astype(cfg.dtype), "clip_text_mask": mask,
+                "clip_captions": captions}
+    return TriModalData(audio=audio, video=video, category=per_clip["category"], class_names=names, prompts=prompts,
+                        splits=splits, labels=labels, label_classes=label_classes,
+                        clip_ids=np.array([f"synth-{i:07d}" for i in range(n)]), info=info, **text)
 
 
 def _resolve_config(config: SyntheticConfig | None, overrides: dict) -> SyntheticConfig:
@@ -335,21 +505,10 @@ def build_synthetic(config: SyntheticConfig | None = None, **overrides) -> TriMo
     ``build_synthetic(preset="avvp", seed=3)`` or ``build_synthetic(cfg)`` select others.
     (The paper preset is ~3 GB; prefer `write_synthetic` + `load_dataset` for it.)"""
     config = _resolve_config(config, overrides)
-    world = _make_world(config)
     n, t_len = config.num_clips, config.segments
     audio = np.empty((n, t_len, config.audio_dim), config.dtype)
     video = np.empty((n, t_len) + tuple(config.video_shape), config.dtype)
-    category = np.empty(n, np.int64)
-    names, prompts, text, splits, info, label_classes, clip_ids = _metadata(config)
-    labels = {name: np.empty((n, t_len, config.num_classes + 1), np.float32) for name in label_classes}
-    for start, block in _iter_blocks(config, world):
-        stop = start + len(block["category"])
-        audio[start:stop], video[start:stop], category[start:stop] = block["audio"], block["video"], block["category"]
-        for name in labels:
-            labels[name][start:stop] = block["labels"][name]
-    return TriModalData(audio=audio, video=video, text_table=text, category=category, class_names=names,
-                        prompts=prompts, splits=splits, labels=labels, label_classes=label_classes,
-                        clip_ids=clip_ids, info=info)
+    return _generate(config, audio, video)
 
 
 def write_synthetic(out, config: SyntheticConfig | None = None, overwrite: bool = False, progress: bool = False,
@@ -360,31 +519,14 @@ def write_synthetic(out, config: SyntheticConfig | None = None, overwrite: bool 
     from numpy.lib.format import open_memmap
 
     config = _resolve_config(config, overrides)
-    world = _make_world(config)
     n, t_len = config.num_clips, config.segments
-    names, prompts, text, splits, info, label_classes, clip_ids = _metadata(config)
     with atomic_output_dir(out, overwrite) as tmp:
         audio = open_memmap(tmp / "audio.npy", mode="w+", dtype=config.dtype, shape=(n, t_len, config.audio_dim))
         video = open_memmap(tmp / "video.npy", mode="w+", dtype=config.dtype,
                             shape=(n, t_len) + tuple(config.video_shape))
-        category = np.empty(n, np.int64)
-        labels = {name: np.empty((n, t_len, config.num_classes + 1), np.float32) for name in label_classes}
-        blocks = _iter_blocks(config, world)
-        if progress:
-            from tqdm import tqdm
-
-            blocks = tqdm(blocks, total=-(-n // BLOCK_CLIPS), unit="block", desc="synth")
-        for start, block in blocks:
-            stop = start + len(block["category"])
-            audio[start:stop], video[start:stop] = block["audio"], block["video"]
-            category[start:stop] = block["category"]
-            for name in labels:
-                labels[name][start:stop] = block["labels"][name]
+        data = _generate(config, audio, video, progress)
         audio.flush()
         video.flush()
-        data = TriModalData(audio=audio, video=video, text_table=text, category=category, class_names=names,
-                            prompts=prompts, splits=splits, labels=labels, label_classes=label_classes,
-                            clip_ids=clip_ids, info=info)
         write_dataset_files(data, tmp, already_written=frozenset({"audio", "video"}))
         del audio, video, data
     return load_dataset(Path(out), check_finite=False)

@@ -11,7 +11,8 @@ Two featurizers with one interface (``featurizer(prompt) -> float32 [L, d]``, ``
   downloads.
 
 Prompts depend only on the class, so callers compute one table [C, L, d] per data set
-(`prompt_table`) instead of featurizing per clip as the authors' collate does.
+(`prompt_table`) instead of featurizing per clip as the authors' collate does. Per-clip captions
+become [N, L, d] plus a real-token mask (`caption_tokens`).
 """
 
 from __future__ import annotations
@@ -135,3 +136,21 @@ def make_text_featurizer(kind: str = "hashed", dim: int = 768, max_tokens: int =
 def prompt_table(prompts: list[str], featurizer) -> np.ndarray:
     """Token embeddings of every prompt, stacked: float32 [C, L, d]."""
     return np.stack([featurizer(p) for p in prompts]).astype(np.float32, copy=False)
+
+
+def caption_tokens(captions: list[str], featurizer) -> tuple[np.ndarray, np.ndarray]:
+    """Token embeddings of each clip's caption, float32 [N, L, d], and the real-token mask, bool [N, L].
+
+    Both featurizers zero-pad after the real tokens and never emit an all-zero real token, so the mask
+    is the rows that are not all zero. Each distinct caption is featurized once.
+    """
+    distinct = {}
+    for caption in captions:
+        if caption not in distinct:
+            distinct[caption] = len(distinct)
+    if not distinct:
+        length, dim = featurizer.max_tokens, featurizer.dim
+        return np.zeros((0, length, dim), np.float32), np.zeros((0, length), bool)
+    table = prompt_table(list(distinct), featurizer)
+    tokens = table[np.array([distinct[c] for c in captions], dtype=np.int64)]
+    return tokens, np.abs(tokens).sum(axis=-1) > 0
