@@ -1,4 +1,4 @@
-"""Reference baselines beside the data (codaar/evaluation/baselines.py): CCA against an independent
+"""Reference baselines beside the data (codaar/evaluate/baselines.py): CCA against an independent
 reference, the raw features the heads read, and a tiny end-to-end run through the CLI."""
 
 import dataclasses
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from codaar.data import build_synthetic
-from codaar.evaluation.baselines import BaselineSettings, cca_fit, markdown, raw_steps, run_baselines
-from codaar.evaluation.heads import AVEHead
+from codaar.evaluate.baselines import BaselineSettings, cca_fit, markdown, raw_steps, run_baselines
+from codaar.evaluate.heads import AVEHead
 
 TINY = dict(num_pretrain=300, num_train=200, num_val=60, num_test=100)
 

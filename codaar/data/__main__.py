@@ -67,7 +67,7 @@ def _add_synth(sub):
 def _add_baselines(sub):
     p = sub.add_parser("baselines", help="score the reference baselines of a data set",
                        description="Within-modality ceiling, random projection and linear CCA on the raw features "
-                                   "(codaar/evaluation/baselines.py), scored with the clean AVE protocol; prints a "
+                                   "(codaar/evaluate/baselines.py), scored with the clean AVE protocol; prints a "
                                    "markdown table, and with --out writes OUT.json and OUT.md.")
     p.add_argument("--data", type=Path, help="a data set folder instead of the built-in preset")
     _add_synthetic_options(p)
@@ -83,7 +83,7 @@ def _baselines(args, argv) -> None:
 
     import torch
 
-    from codaar.evaluation.baselines import BaselineSettings, markdown, run_baselines
+    from codaar.evaluate.baselines import BaselineSettings, markdown, run_baselines
 
     torch.set_num_threads(args.threads)
     data = load_dataset(args.data) if args.data is not None else build_synthetic(_synthetic_config(args))
