@@ -1,4 +1,5 @@
-"""``python -m codaar.data``: write the built-in data set, inspect a folder, import the authors' layout."""
+"""``python -m codaar.data``: write the built-in data set, inspect a folder, import the authors' layout,
+extract features from media files."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataFormatError
+from .extract import cli as extract_cli
 from .format import load_dataset, read_manifest
 from .synthetic import PRESETS, synthetic_config, write_synthetic
 
@@ -90,6 +92,8 @@ def _print_summary(root: Path, finite: bool) -> None:
     print(f"{root}: {manifest['format']} schema {manifest['schema_version']}, {size / 2**20:.1f} MiB")
     print(f"source: {data.info.get('source', '?')}" + (f" (preset {data.info['preset']}, seed {data.info['seed']})"
                                                          if "preset" in data.info else ""))
+    if "warning" in data.info:
+        print(f"warning: {data.info['warning']}")
     print(data.summary())
     print("classes: " + ", ".join(data.class_names[:12]) + (" ..." if data.num_classes > 12 else ""))
     print(f"prompt[0]: {data.prompts[0]!r}")
@@ -112,6 +116,7 @@ def main(argv=None) -> int:
     _add_synth(sub)
     _add_inspect(sub)
     _add_import(sub)
+    extract_cli.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "synth":
@@ -124,6 +129,8 @@ def main(argv=None) -> int:
             print(f"wrote {args.out}\n{data.summary()}")
         elif args.command == "inspect":
             _print_summary(args.dir, finite=not args.no_finite_check)
+        elif args.command == "extract":
+            print(extract_cli.run(args))
         else:
             from .official_import import import_official
             from .text import make_text_featurizer

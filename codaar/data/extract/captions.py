@@ -1,0 +1,47 @@
+"""Per-clip captions -> the per-clip text arrays of the data format (the per-clip text contract).
+
+Captions CSV: columns ``clip_id,caption``, any number of rows per clip, clip_id = the media
+file's name without its extension (every window of the file shares its captions; a file without a caption is skipped and reported). Policies for a
+clip with several captions: ``first`` (the first row of the clip in file order) or ``each``
+(every caption becomes its own clip, id ``<clip>#<k>``, carrying the same audio/video features).
+
+Each caption is featurized to L = T tokens (BERT on disk or the offline hashed featurizer, with
+``max_tokens = T``): ``text_clips`` [L, Dt] float32 and ``text_mask`` [L] bool (True = a real token).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DataFormatError
+from ..official_import import _read_csv
+
+CAPTION_POLICIES = ("first", "each")
+
+
+def read_captions(path) -> dict[str, list[str]]:
+    """{clip_id: its captions in file order}."""
+    captions: dict[str, list[str]] = {}
+    for _, row in _read_csv(path, ("clip_id", "caption")):
+        captions.setdefault(row["clip_id"], []).append(row["caption"])
+    if not captions:
+        raise DataFormatError(path, "rows", "at least one caption", "none")
+    return captions
+
+
+def clip_captions(captions: list[str], policy: str) -> list[str]:
+    """The captions that become clips (one row each) under ``policy``."""
+    if policy not in CAPTION_POLICIES:
+        raise ValueError(f"caption policy: expected one of {CAPTION_POLICIES}, got {policy!r}")
+    return captions[:1] if policy == "first" else list(captions)
+
+
+def caption_tokens(featurizer, caption: str) -> tuple[np.ndarray, np.ndarray]:
+    """([L, Dt] float32 token embeddings, [L] bool mask) of one caption.
+
+    Both featurizers zero-fill the rows after the caption's last token and never produce an
+    all-zero row for a real token (a hashed word vector or a BERT hidden state), so the mask is
+    read from the rows themselves and works for any featurizer with that contract.
+    """
+    tokens = np.asarray(featurizer(caption), dtype=np.float32)
+    return tokens, np.any(tokens != 0, axis=-1)
