@@ -36,7 +36,8 @@ def signal(seconds: float, rate: int = AUDIO_RATE) -> np.ndarray:
     return (0.4 * np.sin(phase)).astype(np.float32)
 
 
-def write_clip(path, seconds: float, audio: bool = True, video: bool = True, stereo: bool = True) -> Path:
+def write_clip(path, seconds: float, audio: bool = True, video: bool = True, stereo: bool = True,
+               size: tuple[int, int] = SIZE, fps: int = FPS) -> Path:
     import av
 
     path = Path(path)
@@ -45,14 +46,14 @@ def write_clip(path, seconds: float, audio: bool = True, video: bool = True, ste
     with av.open(str(path), "w") as container:
         vstream = astream = None
         if video:
-            vstream = container.add_stream(video_codec, rate=FPS)
-            vstream.width, vstream.height, vstream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+            vstream = container.add_stream(video_codec, rate=fps)
+            vstream.width, vstream.height, vstream.pix_fmt = size[0], size[1], "yuv420p"
         if audio:
             astream = container.add_stream(audio_codec, rate=AUDIO_RATE, layout="stereo" if stereo else "mono")
         if video:
-            for i in range(int(round(seconds * FPS))):
-                image = np.empty((SIZE[1], SIZE[0], 3), np.uint8)
-                image[...] = colour_of(i // FPS)
+            for i in range(int(round(seconds * fps))):
+                image = np.empty((size[1], size[0], 3), np.uint8)
+                image[...] = colour_of(i // fps)
                 frame = av.VideoFrame.from_ndarray(image, format="rgb24")
                 frame.pts = i
                 container.mux(vstream.encode(frame))

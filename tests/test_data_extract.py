@@ -115,6 +115,12 @@ def test_a_folder_becomes_a_data_set(first_run):
     assert info["segment_fix"] == {"ok": 4, "padded": 1} and info["codaar_version"]
 
 
+def test_inspect_shows_the_random_weights_warning(first_run, capsys):
+    assert data_main(["inspect", str(first_run)]) == 0
+    out = capsys.readouterr().out
+    assert "source: extract" in out and "warning: RANDOM WEIGHTS" in out
+
+
 def test_skipped_files_are_reported_with_their_reason(first_run, media):
     report = json.loads((first_run / "extract_report.json").read_text())
     assert (report["inputs"], report["extracted"], report["clips"]) == (8, 5, 5)
@@ -196,6 +202,26 @@ def test_user_errors_are_one_line(media, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------- resumption
+def live_children(pid: int) -> set[int]:
+    """Processes (not zombies) whose parent is ``pid``, from /proc (Linux)."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(parent) == pid and state != "Z":
+            children.add(int(stat.parent.name))
+    return children
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_a_killed_extraction_resumes_to_the_same_bytes(first_run, media, tmp_path):
     out = tmp_path / "data"
     journal = tmp_path / ".data.extract" / "journal.jsonl"
@@ -205,11 +231,17 @@ def test_a_killed_extraction_resumes_to_the_same_bytes(first_run, media, tmp_pat
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         if journal.exists() and journal.read_text().count("\n") >= 2:
+            workers = live_children(proc.pid)
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.01)
     assert proc.wait() == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     assert not out.exists() and journal.exists()
+    assert len(workers) >= 2  # the decode workers (and multiprocessing's resource tracker) ...
+    deadline = time.monotonic() + 10
+    while any(map(alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(alive, workers))  # ... do not outlive the killed extraction
     assert run_cli(out, media, *FAST, "--max-bad-fraction", "0.5") == 0
     report = json.loads((out / "extract_report.json").read_text())
     assert report["this_run"]["files"] < 8  # it continued, it did not start over

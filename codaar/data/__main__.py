@@ -130,7 +130,11 @@ def main(argv=None) -> int:
         elif args.command == "inspect":
             _print_summary(args.dir, finite=not args.no_finite_check)
         elif args.command == "extract":
-            print(extract_cli.run(args))
+            try:
+                print(extract_cli.run(args))
+            except KeyboardInterrupt:
+                print(f"interrupted: rerun the same command to resume (work folder beside {args.out})", file=sys.stderr)
+                return 130
         else:
             from .official_import import import_official
             from .text import make_text_featurizer

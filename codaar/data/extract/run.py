@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -136,6 +138,17 @@ def _codaar_version() -> str:
 
 
 # ------------------------------------------------------------------------------------------ decoding
+def _exit_with_parent(parent: int) -> None:
+    """Decode worker setup: end this worker when the extraction process is gone (killed with
+    SIGKILL, a worker would otherwise wait for work forever)."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _decoded(jobs: list, workers: int):
     """(file index, clip or reason) in input order; with workers, at most 2 x workers files are
     decoded ahead of the models, so memory stays bounded however many files there are."""
@@ -144,7 +157,8 @@ def _decoded(jobs: list, workers: int):
             yield decode_job(job)
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         pending = deque()
 
         def oldest():
