@@ -7,7 +7,6 @@ Random weights throughout; T = 4 segments and 32x32 frames keep VGGish/VGG-19 ch
 test_data_extract_models.py)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -3,8 +3,6 @@ VGGish and VGG-19 layouts against the published state_dicts' names, PCA/quantisa
 and weight files (formats, digests, refusals, the cached download and its failure)."""
 
 import hashlib
-import io
-import pickle
 import zipfile
 
 import numpy as np

@@ -1,9 +1,10 @@
 """``python -m codaar.data extract``: from a folder of videos (and captions, labels) to a data set.
 
-Modules, one idea each: `media` (PyAV decoding, the segment/window policy), `logmel` (VGGish's
-input examples), `vggish` and `vgg19` (the feature models, with `vgg_stack`), `weights` (local,
-published or random weights), `features` (the models of one run), `captions` and `annotations`
-(per-clip text, labels, splits), `workdir` (the streaming, resumable writer), `run` (the
+Modules, one idea each: `inputs` (which files, their clip ids), `media` (PyAV decoding, the
+segment/window policy, the decode workers), `logmel` (VGGish's input examples), `vggish` and
+`vgg19` (the feature models, with `vgg_stack`), `weights` (local, published or random weights),
+`features` (the models of one run), `captions` (per-clip text and how it is written) and
+`annotations` (labels, splits), `workdir` (the streaming, resumable writer), `run` (the
 extraction), `cli` (its command line). Importing this package imports neither PyAV nor torch.
 """
 

@@ -1,7 +1,7 @@
 """Decoding one media file into the models' inputs, and the segment/window policy.
 
-PyAV (FFmpeg, bundled in its wheels) decodes. Nothing here runs a model, so this module is what
-the decode worker processes run; it imports neither torch nor the models.
+PyAV (FFmpeg, bundled in its wheels) decodes, in this process or in a pool of decode worker
+processes (`decoded_in_order`). Nothing here runs a model or imports torch.
 
 * Audio: every channel resampled to 16 kHz by FFmpeg's swresample, then averaged to mono (as
   VGGish's reference input code averages channels), float32 in [-1, 1]. The audio fixes the clip's
@@ -18,6 +18,13 @@ the decode worker processes run; it imports neither torch nor the models.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,3 +215,43 @@ def decode_job(job: tuple[int, str, DecodeSettings]) -> tuple[int, DecodedClip |
         return index, str(exc)
     except Exception as exc:  # a decoder failure we did not anticipate is still about this file
         return index, f"decoding failed ({_describe(exc)})"
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Decode worker setup: end this worker when the extraction process is gone (killed with
+    SIGKILL, a worker would otherwise wait for work forever)."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def decoded_in_order(jobs: list, workers: int):
+    """(file index, clip or reason) in input order; with workers, at most 2 x workers files are
+    decoded ahead of the models, so memory stays bounded however many files there are."""
+    if workers == 0:
+        for job in jobs:
+            yield decode_job(job)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
+        pending = deque()
+
+        def oldest():
+            job, future = pending.popleft()
+            try:
+                return future.result()
+            except BrokenProcessPool:
+                raise RuntimeError(
+                    f"a decode worker died while decoding {job[1]} or a file after it (FFmpeg crashed?); "
+                    "rerun the same command to resume, or use --workers 0 to find the file") from None
+
+        for job in jobs:
+            pending.append((job, pool.submit(decode_job, job)))
+            if len(pending) >= 2 * workers:
+                yield oldest()
+        while pending:
+            yield oldest()

@@ -10,26 +10,21 @@ than ``max_bad_fraction`` of the files are bad (and stops early once that is cer
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
-import threading
 import time
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..container import BACKGROUND, TriModalData
-from ..format import MANIFEST, atomic_output_dir, load_dataset, write_dataset_files
+from ..format import atomic_output_dir, load_dataset, write_dataset_files
 from ..official_import import _read_csv, fit_segments
 from ..text import make_text_featurizer, prompt_table
 from . import annotations as label_files
 from . import captions as caption_files
+from .inputs import clip_ids_of, file_record, find_media
 from .logmel import EXAMPLE_FRAMES, NUM_BANDS, SAMPLE_RATE
-from .media import MEDIA_EXTENSIONS, WINDOW_POLICIES, DecodeSettings, decode_job
+from .media import WINDOW_POLICIES, DecodeSettings, decoded_in_order
 
 REPORT = "extract_report.json"
 UNLABELED = "unlabeled"
@@ -84,44 +79,6 @@ class ExtractSettings:
             raise ValueError(f"--workers: expected 0 (decode in this process) or more, got {self.workers}")
 
 
-# ------------------------------------------------------------------------------------------ inputs
-def find_media(inputs) -> list[Path]:
-    """Media files from folders (searched recursively for known extensions, sorted), files, and
-    ``.txt`` lists (one path per line, relative to the list's folder)."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS)
-        elif item.suffix.lower() == ".txt" and item.is_file():
-            lines = [line.strip() for line in item.read_text(encoding="utf-8").splitlines()]
-            files += [item.parent / line for line in lines if line and not line.startswith("#")]
-        elif item.exists() or item.is_symlink():
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"{item}: no such file or folder")
-    if not files:
-        raise FileNotFoundError(f"no media files ({', '.join(MEDIA_EXTENSIONS)}) in {', '.join(map(str, inputs))}")
-    return files
-
-
-def clip_ids_of(files: list[Path]) -> list[str]:
-    """A file's clip id is its name without the extension; ids must be unique (captions and labels use them)."""
-    seen: dict[str, Path] = {}
-    for f in files:
-        if f.stem in seen:
-            raise ValueError(f"two input files have the clip id {f.stem!r}: {seen[f.stem]} and {f} "
-                             "(a clip id is the file name without its extension; rename one)")
-        seen[f.stem] = f
-    return [f.stem for f in files]
-
-
-def _file_record(path: Path) -> list:
-    try:
-        return [str(path.resolve()), path.stat().st_size]
-    except OSError:
-        return [str(path), None]
-
-
 def _csv_digest(path) -> str | None:
     from .weights import sha256_of
 
@@ -135,47 +92,6 @@ def _codaar_version() -> str:
         return version("codaar")
     except PackageNotFoundError:
         return "unknown"
-
-
-# ------------------------------------------------------------------------------------------ decoding
-def _exit_with_parent(parent: int) -> None:
-    """Decode worker setup: end this worker when the extraction process is gone (killed with
-    SIGKILL, a worker would otherwise wait for work forever)."""
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _decoded(jobs: list, workers: int):
-    """(file index, clip or reason) in input order; with workers, at most 2 x workers files are
-    decoded ahead of the models, so memory stays bounded however many files there are."""
-    if workers == 0:
-        for job in jobs:
-            yield decode_job(job)
-        return
-    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_exit_with_parent,
-                             initargs=(os.getpid(),)) as pool:
-        pending = deque()
-
-        def oldest():
-            job, future = pending.popleft()
-            try:
-                return future.result()
-            except BrokenProcessPool:
-                raise RuntimeError(
-                    f"a decode worker died while decoding {job[1]} or a file after it (FFmpeg crashed?); "
-                    "rerun the same command to resume, or use --workers 0 to find the file") from None
-
-        for job in jobs:
-            pending.append((job, pool.submit(decode_job, job)))
-            if len(pending) >= 2 * workers:
-                yield oldest()
-        while pending:
-            yield oldest()
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -230,7 +146,7 @@ class _Run:
 
     def fingerprint(self) -> dict:
         settings = {k: v for k, v in asdict(self.s).items() if k not in ("workers", "max_bad_fraction", "device")}
-        return {"files": [_file_record(f) for f in self.files], "settings": settings,
+        return {"files": [file_record(f) for f in self.files], "settings": settings,
                 "csv_sha256": {k: _csv_digest(getattr(self.s, k)) for k in ("captions", "labels", "prompts")},
                 "weights": self.models.records, "text": self.featurizer.describe() if self.featurizer else None}
 
@@ -280,7 +196,7 @@ class _Run:
         bad = sum(1 for e in self.work.entries if e["skipped"] is not None)
         unannotated = {i: reason for i in range(done, len(self.files)) if (reason := self.missing_annotation(i))}
         jobs = [(i, str(self.files[i]), self.decode) for i in range(done, len(self.files)) if i not in unannotated]
-        decoded = _decoded(jobs, self.s.workers)
+        decoded = decoded_in_order(jobs, self.s.workers)
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -402,47 +318,16 @@ class _Run:
                 info=self.info())
             written = {"audio", "video"} | ({"labels.segment"} if labels else set())
             if self.captions is not None:
-                write_per_clip_text(data, tmp, arrays["text_clips"], arrays["text_mask"],
+                caption_files.write_per_clip_text(data, tmp, arrays["text_clips"], arrays["text_mask"],
                                     [row["caption"] for _, row in rows], frozenset(written))
             else:
                 write_dataset_files(data, tmp, already_written=frozenset(written))
             (tmp / REPORT).write_text(json.dumps(self.report(), indent=2) + "\n", encoding="utf-8")
             del arrays, labels, data
         self.work.remove()
-        if self.captions is not None and not per_clip_text_supported():
+        if self.captions is not None and not caption_files.per_clip_text_supported():
             return None
         return load_dataset(self.out, check_finite=False)
-
-
-def per_clip_text_supported() -> bool:
-    """Whether this codaar's data format reads per-clip text (the per-clip text contract)."""
-    return "clip_text" in {f.name for f in fields(TriModalData)}
-
-
-def write_per_clip_text(data: TriModalData, folder: Path, text_clips, text_mask, captions: list[str],
-                        already_written: frozenset[str]) -> dict:
-    """Write ``data`` with per-clip text (already in ``folder`` as text_clips.npy / text_mask.npy).
-
-    Uses the format's own support when `TriModalData` has the per-clip fields of the per-clip text
-    contract; until then, writes the schema-1 folder and adds the contract's entries (arrays
-    ``text_clips``/``text_mask``, ``text_kind``, schema version 2, ``captions.json``) itself.
-    """
-    if per_clip_text_supported():
-        from dataclasses import replace
-
-        data = replace(data, clip_text=text_clips, clip_text_mask=text_mask, clip_captions=captions)
-        return write_dataset_files(data, folder, already_written=already_written | {"text_clips", "text_mask"})
-    from ..format import _array_entry
-
-    manifest = write_dataset_files(data, folder, already_written=already_written)
-    manifest["schema_version"] = 2
-    manifest["modalities"] = list(data.modalities) + ["text"]
-    manifest["text_kind"] = "per-clip"
-    manifest["arrays"]["text_clips"] = _array_entry("text_clips.npy", text_clips)
-    manifest["arrays"]["text_mask"] = _array_entry("text_mask.npy", text_mask)
-    (folder / "captions.json").write_text(json.dumps(captions, indent=0, ensure_ascii=False) + "\n", encoding="utf-8")
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    return manifest
 
 
 def extract(inputs, out, settings: ExtractSettings | None = None, *, overwrite: bool = False, restart: bool = False,
