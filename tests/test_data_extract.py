@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from codaar.data import load_dataset
 from codaar.data.__main__ import main as data_main
@@ -156,6 +157,20 @@ def test_window_policies(first_run, media, tmp_path):
         assert np.allclose(cx[0, 0], ex[0, 3], atol=1e-5) and np.allclose(cx[0, 1:], ex[1, :3], atol=1e-5)
 
 
+def test_float16_audio_only_run_with_the_released_embedding_format(media, tmp_path):
+    out = tmp_path / "data"
+    assert run_cli(out, media / "b3.mkv", *FAST, "--dtype", "float16", "--no-video", "--video-pooling", "mean",
+                   "--vggish-postprocess", "pca-quantize") == 0
+    data = load_dataset(out)
+    assert data.audio.dtype == np.float16 and data.video.dtype == np.float16 and data.video.shape == (1, T, 512)
+    audio = np.asarray(data.audio, dtype=np.float64)
+    assert not np.asarray(data.video).any()  # no VGG-19 was run
+    assert (audio == np.round(audio)).all() and audio.min() >= 0 and audio.max() <= 255 and audio.std() > 0
+    models = data.info["models"]
+    assert "quantised to 0..255" in models["audio"]["postprocess"] and models["audio"]["pca_weights"]["source"] == "random"
+    assert "video" not in models and data.info["video"]["frame_policy"].startswith("none")
+
+
 # ------------------------------------------------------------------------------------- bad files
 def test_too_many_bad_files_fail_with_the_report_and_a_rerun_resumes(media, tmp_path, capsys):
     out = tmp_path / "data"
@@ -191,6 +206,8 @@ def test_user_errors_are_one_line(media, tmp_path, capsys):
         ([tmp_path / "o4", b3], ["--frame-size", "100"], "multiple of 32"),
         ([tmp_path / "o5", existing], [], "no media files"),
     ]
+    if not torch.cuda.is_available():
+        cases.append(([tmp_path / "o6", b3], ["--device", "cuda"], "--device cuda: this torch sees no CUDA device"))
     for positional, options, message in cases:
         assert run_cli(*positional, *FAST, *options) == 2, message
         err = capsys.readouterr().err.strip()

@@ -61,6 +61,8 @@ class FeatureModels:
                              f"got {settings.frame_size}")
         self.settings = settings
         self.device = torch.device(settings.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {settings.device}: this torch sees no CUDA device")
         self.records: dict[str, dict] = {}
         generator = torch.Generator().manual_seed(settings.seed)
 
