@@ -112,7 +112,8 @@ def test_a_folder_becomes_a_data_set(first_run):
     assert info["models"]["audio"]["model"] == "vggish" and info["models"]["video"]["layer"] == "pool5"
     assert info["models"]["video"]["weights"] == {"source": "random", "seed": 0}
     assert info["audio"]["sample_rate"] == 16000 and "centre" in info["video"]["frame_policy"]
-    assert info["segment_fix"] == {"ok": 4, "padded": 1} and info["codaar_version"]
+    assert info["segment_fix"] == {"ok": 4, "padded": 1} and info["clips_without_video"] == 1
+    assert info["codaar_version"]
 
 
 def test_inspect_shows_the_random_weights_warning(first_run, capsys):
@@ -124,6 +125,7 @@ def test_inspect_shows_the_random_weights_warning(first_run, capsys):
 def test_skipped_files_are_reported_with_their_reason(first_run, media):
     report = json.loads((first_run / "extract_report.json").read_text())
     assert (report["inputs"], report["extracted"], report["clips"]) == (8, 5, 5)
+    assert report["without_video"] == [str(media / "e5.wav")]  # kept, with zero video features
     reasons = {Path(s["file"]).stem: s["reason"] for s in report["skipped"]}
     assert set(reasons) == set(BAD)
     for stem, reason in BAD.items():

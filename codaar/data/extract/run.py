@@ -175,7 +175,8 @@ class _Run:
                 labels = label_files.window_labels(self.annotations[clip_id], window.start, t, self.class_index)
             for k, caption in enumerate(captions):
                 row_id = f"{window_id}#{k}" if self.s.caption_policy == "each" and self.captions else window_id
-                row = {"id": row_id, "start": window.start, "segments": count, "fix": fix}
+                row = {"id": row_id, "start": window.start, "segments": count, "fix": fix,
+                       "video": window.frames is not None}
                 blocks["audio"].append(audio)
                 blocks["video"].append(video)
                 if caption is not None:
@@ -234,6 +235,7 @@ class _Run:
         skipped = [{"file": e["file"], "reason": e["skipped"]} for e in entries if e["skipped"] is not None]
         report = {"inputs": len(self.files), "processed": len(entries), "extracted": len(entries) - len(skipped),
                   "clips": self.work.rows, "skipped": skipped,
+                  "without_video": [e["file"] for e in entries if e["rows"] and not e["rows"][0]["video"]],
                   "bad_fraction": len(skipped) / len(self.files), "max_bad_fraction": self.s.max_bad_fraction}
         if getattr(self, "files_this_run", 0):
             report["this_run"] = {"files": self.files_this_run, "seconds": round(self.seconds, 3),
@@ -275,6 +277,7 @@ class _Run:
             "files": {k: v for k, v in self.report().items() if k in ("inputs", "extracted")},
             "skipped_files": len(self.report()["skipped"]),
             "segment_fix": fix,
+            "clips_without_video": sum(1 for e in self.work.entries for row in e["rows"] if not row["video"]),
         }
         if s.random_weights:
             info["warning"] = "RANDOM WEIGHTS: these features are meaningless; for tests and smoke runs only"
