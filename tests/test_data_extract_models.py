@@ -187,13 +187,15 @@ def small_model():
 def test_weight_files_round_trip_with_their_digest(tmp_path):
     torch.manual_seed(1)
     source = small_model().eval()
-    pth, st = tmp_path / "model.pth", tmp_path / "model.safetensors"
+    pth, legacy, st = tmp_path / "model.pth", tmp_path / "legacy.pth", tmp_path / "model.safetensors"
     torch.save(source.state_dict(), pth)
+    # torchvision's vgg19-dcbb9e9d.pth predates torch's zip format
+    torch.save(source.state_dict(), legacy, _use_new_zipfile_serialization=False)
     from safetensors.torch import save_file
 
     save_file(source.state_dict(), str(st))
     x = torch.randn(2, 3, 4, 4)
-    for path in (pth, st):
+    for path in (pth, legacy, st):
         target = small_model().eval()
         weights.load_into(target, weights.read_state_dict(path), path)
         with torch.no_grad():
@@ -228,13 +230,14 @@ def _legacy_numpy_spelling(path):
             archive.writestr(info, data)
 
 
-@pytest.mark.parametrize("legacy", [False, True])
-def test_pca_parameters_stored_as_numpy_arrays_load(tmp_path, legacy):
+@pytest.mark.parametrize("variant", ["zip", "numpy-1.x names", "pre-zip torch format"])
+def test_pca_parameters_stored_as_numpy_arrays_load(tmp_path, variant):
     rng = np.random.default_rng(0)
     eigen, means = rng.standard_normal((128, 128)), rng.standard_normal((128, 1))  # the published file's layout
     path = tmp_path / "pca.pth"
-    torch.save({"pca_eigen_vectors": eigen, "pca_means": means}, path)
-    if legacy:
+    torch.save({"pca_eigen_vectors": eigen, "pca_means": means}, path,
+               _use_new_zipfile_serialization=variant != "pre-zip torch format")
+    if variant == "numpy-1.x names":
         _legacy_numpy_spelling(path)
     post = VGGishPostprocess("pca")
     weights.load_into(post, weights.read_state_dict(path), path)
