@@ -148,15 +148,15 @@ def decode_frames(path: Path, instants: np.ndarray, size: int) -> np.ndarray | N
 
         try:
             for index, frame in enumerate(container.decode(stream)):
-                time = frame.time
-                if time is None:
+                when = frame.time
+                if when is None:
                     if not rate:
                         raise UnusableMedia("video frames without timestamps or frame rate")
-                    time = index / float(rate)
-                current = [time, frame, None]
-                while pending < flat.size and time >= flat[pending]:
+                    when = index / float(rate)
+                current = [when, frame, None]
+                while pending < flat.size and when >= flat[pending]:
                     # the nearer of the frames just before and at/after the instant (ties: the earlier)
-                    nearer = previous if previous is not None and flat[pending] - previous[0] <= time - flat[pending] \
+                    nearer = previous if previous is not None and flat[pending] - previous[0] <= when - flat[pending] \
                         else current
                     picks[pending] = rgb(nearer)
                     pending += 1
