@@ -1,5 +1,5 @@
 """``python -m codaar.data``: write the built-in data set, inspect a folder, import the authors' layout,
-score a data set's reference baselines."""
+extract features from media files, score a data set's reference baselines."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataFormatError
+from .extract import cli as extract_cli
 from .format import load_dataset, read_manifest
 from .synthetic import PRESETS, build_synthetic, synthetic_config, write_synthetic
 
@@ -146,6 +147,8 @@ def _print_summary(root: Path, finite: bool) -> None:
     print(f"{root}: {manifest['format']} schema {manifest['schema_version']}, {size / 2**20:.1f} MiB")
     print(f"source: {data.info.get('source', '?')}" + (f" (preset {data.info['preset']}, seed {data.info['seed']})"
                                                          if "preset" in data.info else ""))
+    if "warning" in data.info:
+        print(f"warning: {data.info['warning']}")
     print(data.summary())
     print("classes: " + ", ".join(data.class_names[:12]) + (" ..." if data.num_classes > 12 else ""))
     print(f"text: {data.text_kind or 'none'}")
@@ -173,6 +176,7 @@ def main(argv=None) -> int:
     _add_inspect(sub)
     _add_import(sub)
     _add_baselines(sub)
+    extract_cli.add_parser(sub)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     try:
@@ -183,6 +187,12 @@ def main(argv=None) -> int:
             _baselines(args, argv)
         elif args.command == "inspect":
             _print_summary(args.dir, finite=not args.no_finite_check)
+        elif args.command == "extract":
+            try:
+                print(extract_cli.run(args))
+            except KeyboardInterrupt:
+                print(f"interrupted: rerun the same command to resume (work folder beside {args.out})", file=sys.stderr)
+                return 130
         else:
             from .official_import import import_official
             from .text import make_text_featurizer
@@ -198,11 +208,6 @@ def main(argv=None) -> int:
             print(f"wrote {args.out}\n{data.summary()}")
     except (DataFormatError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # the evaluation helpers' errors for missing splits or labels
-        if not isinstance(exc.code, str):
-            raise
-        print(f"error: {exc.code}", file=sys.stderr)
         return 2
     return 0
 

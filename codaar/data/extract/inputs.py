@@ -1,0 +1,46 @@
+"""Which files an extraction reads: media files found in folders, given directly or listed in
+``.txt`` files, and their clip ids (the file name without its extension, unique)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .media import MEDIA_EXTENSIONS
+
+
+def find_media(inputs) -> list[Path]:
+    """Media files from folders (searched recursively for known extensions, sorted), files, and
+    ``.txt`` lists (one path per line, relative to the list's folder)."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS)
+        elif item.suffix.lower() == ".txt" and item.is_file():
+            lines = [line.strip() for line in item.read_text(encoding="utf-8").splitlines()]
+            files += [item.parent / line for line in lines if line and not line.startswith("#")]
+        elif item.exists() or item.is_symlink():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    if not files:
+        raise FileNotFoundError(f"no media files ({', '.join(MEDIA_EXTENSIONS)}) in {', '.join(map(str, inputs))}")
+    return files
+
+
+def clip_ids_of(files: list[Path]) -> list[str]:
+    """A file's clip id is its name without the extension; ids must be unique (captions and labels use them)."""
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen:
+            raise ValueError(f"two input files have the clip id {f.stem!r}: {seen[f.stem]} and {f} "
+                             "(a clip id is the file name without its extension; rename one)")
+        seen[f.stem] = f
+    return [f.stem for f in files]
+
+
+def file_record(path: Path) -> list:
+    """(resolved path, size): what identifies an input in the resume fingerprint."""
+    try:
+        return [str(path.resolve()), path.stat().st_size]
+    except OSError:
+        return [str(path), None]
