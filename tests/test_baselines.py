@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from codaar.data import build_synthetic
+from codaar.evaluate import EvaluationError
 from codaar.evaluate.baselines import BaselineSettings, cca_fit, markdown, raw_steps, run_baselines
 from codaar.evaluate.heads import AVEHead
 
@@ -110,5 +111,5 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys, one_thread):
 def test_missing_split_is_a_clear_error(split):
     data = build_synthetic(**TINY)
     data = dataclasses.replace(data, splits={k: v for k, v in data.splits.items() if k != split})
-    with pytest.raises(SystemExit, match=f"splits.{split}"):
+    with pytest.raises(EvaluationError, match=f"splits.{split}"):
         run_baselines(data, BaselineSettings(cca_components=(4,)))

@@ -7,6 +7,7 @@ Random weights throughout; T = 4 segments and 32x32 frames keep VGGish/VGG-19 ch
 test_data_extract_models.py)."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -307,7 +308,8 @@ def test_per_clip_captions_follow_the_contract(media, tmp_path):
 
 # ------------------------------------------------------------------------------------- train / evaluate
 def test_labelled_extraction_trains_and_evaluates(media, tmp_path, capsys):
-    from codaar import evaluate, train
+    from codaar.evaluate.__main__ import main as evaluate_main
+    from codaar.train import main as train_main
 
     labels = tmp_path / "labels.csv"
     labels.write_text("clip_id,class,start,end\na10,dog,1,3\nb3,bell,,\nc25,dog,,\nd6,bell,,\ne5,dog,,\n"
@@ -326,16 +328,18 @@ def test_labelled_extraction_trains_and_evaluates(media, tmp_path, capsys):
     run = tmp_path / "run"
     tiny = ["--dim", "32", "--num-codes", "16", "--temporal-ffn-dim", "64", "--text-lstm-dim", "16",
             "--batch-size", "2", "--max-steps", "2", "--no-progress"]
-    train.main(["--data", str(data_dir), "--out", str(run), *tiny])
-    result = evaluate.main([str(run), "--data", str(data_dir), "--ave-epochs", "1", "--avvp-epochs", "1",
+    train_main(["--data", str(data_dir), "--out", str(run), *tiny])
+    result = evaluate_main([str(run), "--data", str(data_dir), "--ave-epochs", "1", "--avvp-epochs", "1",
                             "--no-plots", "--threads", "1"])
     assert set(result["clean"]) >= {"ave", "avvp"} and "retrieval" in result
     # without labels: pretraining works, evaluation says what is missing
     unlabelled, run2 = tmp_path / "unlabelled", tmp_path / "run2"
     assert run_cli(unlabelled, media / "b3.mkv", media / "e5.wav", *FAST, "--video-pooling", "mean") == 0
-    train.main(["--data", str(unlabelled), "--out", str(run2), "--modalities", "video,audio", *tiny])
-    with pytest.raises(SystemExit, match="splits.train.*non-empty 'train' split, found \\['pretrain'\\]"):
-        evaluate.main([str(run2), "--data", str(unlabelled), "--no-plots", "--threads", "1"])
+    train_main(["--data", str(unlabelled), "--out", str(run2), "--modalities", "video,audio", *tiny])
+    with pytest.raises(SystemExit) as exited:
+        evaluate_main([str(run2), "--data", str(unlabelled), "--no-plots", "--threads", "1"])
+    assert exited.value.code == 2
+    assert re.search("splits.train.*non-empty 'train' split, found \\['pretrain'\\]", capsys.readouterr().err)
 
 
 def test_importing_the_data_package_stays_light():

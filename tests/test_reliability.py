@@ -253,3 +253,29 @@ def test_torchrun_restarts_a_killed_worker_and_ends_where_the_uninterrupted_run_
     assert resumes and resumes[0]["step"] >= 6  # the restarted group resumed
     assert_same_run(tmp_path / "straight", run, tol=1e-10)
     shutil.rmtree(run)
+
+
+def test_a_killed_data_write_leaves_nothing_the_next_write_keeps(tmp_path):
+    from codaar.data import build_synthetic, synthetic_config, write_dataset
+    from codaar.data.format import remove_dead_writes
+
+    out = tmp_path / "data"
+    holder = ("import sys, time\nfrom codaar.data.format import atomic_output_dir\n"
+              "with atomic_output_dir(sys.argv[1]) as tmp:\n    print(tmp, flush=True)\n    time.sleep(600)\n")
+    killed = subprocess.Popen([sys.executable, "-c", holder, str(out)], stdout=subprocess.PIPE, text=True)
+    killed_partial = Path(killed.stdout.readline().strip())
+    live = subprocess.Popen([sys.executable, "-c", holder, str(out)], stdout=subprocess.PIPE, text=True)
+    live_partial = Path(live.stdout.readline().strip())
+    try:
+        killed.kill()
+        killed.wait()
+        (tmp_path / ".data.old-1234").mkdir()  # an old copy moved aside, kept while a writer is live
+        assert killed_partial.is_dir() and live_partial.is_dir()
+        assert remove_dead_writes(out) == [killed_partial]
+        assert live_partial.is_dir() and (tmp_path / ".data.old-1234").is_dir()
+    finally:
+        live.kill()
+        live.wait()
+    data = build_synthetic(synthetic_config("default", num_pretrain=8, num_train=4, num_val=2, num_test=2))
+    write_dataset(data, out)  # the next write removes what the killed writers left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

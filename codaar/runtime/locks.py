@@ -1,6 +1,6 @@
 """One writer per folder: an advisory lock file that dies with its process.
 
-`FolderLock(folder)` takes `folder/.lock` with `fcntl.flock`: the kernel releases it when the holding
+`FolderLock(folder)` takes `folder/.lock` (`FileLock(path)` any lock file) with `fcntl.flock`: the kernel releases it when the holding
 process exits in any way (SIGKILL included), so a lock left by a killed run is simply taken over.
 The file also names its holder (pid, host, start time) for the message a second writer gets.
 flock is local to one machine: on shared network storage, where several nodes write the same
@@ -23,15 +23,15 @@ class FolderBusyError(RuntimeError):
     """Another live process writes the folder."""
 
 
-class FolderLock:
-    """Hold `folder/.lock` for this process; `FolderBusyError` names the live holder if there is one."""
+class FileLock:
+    """Hold the lock file `path` for this process; `FolderBusyError` names the live holder if there is one."""
 
-    def __init__(self, folder: str | Path, purpose: str = "run"):
-        self.path = Path(folder) / LOCK_NAME
+    def __init__(self, path: str | Path, purpose: str = "run"):
+        self.path = Path(path)
         self.purpose = purpose
         self._fd: int | None = None
 
-    def acquire(self) -> FolderLock:
+    def acquire(self) -> FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -54,16 +54,26 @@ class FolderLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> FolderLock:
+    def __enter__(self) -> FileLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
 
 
-def is_held(folder: str | Path) -> bool:
-    """Whether a live process holds `folder/.lock` (a leftover file of a dead one does not count)."""
-    path = Path(folder) / LOCK_NAME
+class FolderLock(FileLock):
+    """One writer per folder: holds `folder/.lock`."""
+
+    def __init__(self, folder: str | Path, purpose: str = "run"):
+        super().__init__(Path(folder) / LOCK_NAME, purpose)
+
+
+def is_held(path: str | Path) -> bool:
+    """Whether a live process holds the lock of a folder (`folder/.lock`) or the lock file `path`
+    (a leftover file of a dead holder does not count)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LOCK_NAME
     if not path.is_file():
         return False
     fd = os.open(path, os.O_RDONLY)

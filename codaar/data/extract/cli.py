@@ -101,7 +101,7 @@ def run(args) -> str:
     data = extract([str(p) for p in args.inputs], args.out, settings, overwrite=args.overwrite, restart=args.restart,
                    progress=not args.quiet)
     lines = [f"wrote {args.out}"]
-    lines.append(data.summary() if data is not None else "per-clip text written (text_clips.npy, text_mask.npy)")
+    lines.append(data.summary())
     import json
 
     report = json.loads((args.out / "extract_report.json").read_text())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import numpy as np
 from ..container import BACKGROUND, TriModalData
 from ..format import atomic_output_dir, load_dataset, write_dataset_files
 from ..official_import import _read_csv, fit_segments
-from ..text import make_text_featurizer, prompt_table
+from ..text import caption_tokens, make_text_featurizer, prompt_table
 from . import annotations as label_files
 from . import captions as caption_files
 from .inputs import clip_ids_of, file_record, find_media
@@ -180,9 +180,9 @@ class _Run:
                 blocks["audio"].append(audio)
                 blocks["video"].append(video)
                 if caption is not None:
-                    tokens, mask = caption_files.caption_tokens(self.featurizer, caption)
-                    blocks["text_clips"].append(tokens)
-                    blocks["text_mask"].append(mask)
+                    tokens, mask = caption_tokens([caption], self.featurizer)
+                    blocks["text_clips"].append(tokens[0])
+                    blocks["text_mask"].append(mask[0])
                     row["caption"] = caption
                 if labels is not None:
                     blocks["labels_segment"].append(labels)
@@ -321,22 +321,20 @@ class _Run:
                 info=self.info())
             written = {"audio", "video"} | ({"labels.segment"} if labels else set())
             if self.captions is not None:
-                caption_files.write_per_clip_text(data, tmp, arrays["text_clips"], arrays["text_mask"],
-                                    [row["caption"] for _, row in rows], frozenset(written))
-            else:
-                write_dataset_files(data, tmp, already_written=frozenset(written))
+                data = replace(data, clip_text=arrays["text_clips"], clip_text_mask=arrays["text_mask"],
+                               clip_captions=[row["caption"] for _, row in rows])
+                written |= {"text_clips", "text_mask"}
+            write_dataset_files(data, tmp, already_written=frozenset(written))
             (tmp / REPORT).write_text(json.dumps(self.report(), indent=2) + "\n", encoding="utf-8")
             del arrays, labels, data
         self.work.remove()
-        if self.captions is not None and not caption_files.per_clip_text_supported():
-            return None
         return load_dataset(self.out, check_finite=False)
 
 
 def extract(inputs, out, settings: ExtractSettings | None = None, *, overwrite: bool = False, restart: bool = False,
-            progress: bool = False) -> TriModalData | None:
-    """Extract features from media files into a data set folder at ``out``; returns it opened
-    (None for per-clip text until the format reads it). Resumes an unfinished run of the same
+            progress: bool = False) -> TriModalData:
+    """Extract features from media files into a data set folder at ``out``; returns it opened.
+    Resumes an unfinished run of the same
     inputs and settings; see the package docstring for every policy."""
     out = Path(out)
     if out.exists() and not overwrite:
