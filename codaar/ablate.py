@@ -15,10 +15,13 @@ Variants (train flags):
                 each modality quantizes its own latents into its own codebook, trained by reconstruction
                 and commitment only (no shared-index mechanism, no cross-modal loss)
   cascade-X-Y-Z --cascade X,Y,Z                           Table 7 (CSA order)
-  init-kmeans, init-aligned-kmeans  --codebook-init ...   data-dependent codebook inits (full: the authors')
+  init-official, init-kmeans, init-aligned-kmeans  --codebook-init ...   codebook inits (full: the default
+                recipe, whose init is aligned-kmeans)
+  preset-official, preset-recommended  --preset ...       the authors' recipe against the default one
 
 Studies: components = full, no-cpc, cpc-only, no-csa, no-dta, no-dqa; cascade = every CSA order;
-unimodal = full, unimodal; inits = full, init-kmeans, init-aligned-kmeans. Runs already in `<out>/runs/<variant>/seed<seed>` are reused (delete the
+unimodal = full, unimodal; inits = full, init-official, init-kmeans; recipes = preset-official,
+preset-recommended. Runs already in `<out>/runs/<variant>/seed<seed>` are reused (delete the
 folder to retrain).
 
 Reduced version (minutes on a 2-core CPU; past the first dead-code reset at step ~301):
@@ -48,8 +51,11 @@ from codaar.evaluate import tables
 COMPONENTS = {
     "full": [], "no-cpc": ["--no-cpc"], "cpc-only": ["--no-dta", "--no-csa", "--no-dqa"], "no-csa": ["--no-csa"],
     "no-dta": ["--no-dta"], "no-dqa": ["--no-dqa"], "unimodal": ["--no-dta", "--no-csa", "--no-dqa", "--no-cpc"],
-    # codebook initialisation (issue "codebook health"): `full` is the authors' init
-    "init-kmeans": ["--codebook-init", "kmeans"], "init-aligned-kmeans": ["--codebook-init", "aligned-kmeans"],
+    # codebook initialisation; `full` is the trainer's default recipe (the recommended preset: aligned init)
+    "init-official": ["--codebook-init", "official"], "init-kmeans": ["--codebook-init", "kmeans"],
+    "init-aligned-kmeans": ["--codebook-init", "aligned-kmeans"],
+    # recipes: the authors' code against the default
+    "preset-official": ["--preset", "official"], "preset-recommended": ["--preset", "recommended"],
 }
 SHORT = {"a": "audio", "v": "video", "t": "text"}
 
@@ -84,9 +90,12 @@ def study_variants(studies, modalities) -> list[str]:
         elif study == "unimodal":
             names += ["full", "unimodal"]
         elif study == "inits":
-            names += ["full", "init-kmeans", "init-aligned-kmeans"]
+            names += ["full", "init-official", "init-kmeans"]
+        elif study == "recipes":
+            names += ["preset-official", "preset-recommended"]
         else:
-            raise AblationError(f"--studies: unknown study {study!r}; expected components, cascade, unimodal, inits")
+            raise AblationError(f"--studies: unknown study {study!r}; expected components, cascade, unimodal, inits, "
+                                f"recipes")
     return list(dict.fromkeys(names))
 
 
@@ -179,7 +188,8 @@ def summarise(rows: dict[str, list[dict]]) -> tuple[str, dict]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m codaar.ablate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--studies", default="components,unimodal", help="comma-separated: components,cascade,unimodal,inits")
+    p.add_argument("--studies", default="components,unimodal",
+                   help="comma-separated: components,cascade,unimodal,inits,recipes")
     p.add_argument("--variants", help="explicit comma-separated variants instead of --studies")
     p.add_argument("--seeds", default="43,44,45")
     p.add_argument("--modalities", default="video,audio,text")
@@ -195,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--avvp-epochs", type=int, help="AVVP head epochs (default 50)")
     p.add_argument("--tasks", default="ave,avvp")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once (each single-threaded when > 1)")
+    p.add_argument("--curve", action="store_true", help="score every kept checkpoint of each run (AVE, clean) "
+                   "instead of the last one: transfer over training and steps to 95%% of the final transfer; keep "
+                   "checkpoints with --train-args '--checkpoint-every N --keep-checkpoints M'")
     p.add_argument("--out", default="runs/ablation")
     return p
 
@@ -234,6 +247,8 @@ def run_ablation(args: argparse.Namespace, argv: list[str] | None = None) -> dic
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         runs = dict(zip(jobs, pool.map(lambda job: train_run(out, flags[job[0]], job[1], size, log), jobs)))
     tasks = tuple(args.tasks.split(","))
+    if args.curve:
+        return curve_study(runs, variants, seeds, out, args, size, flags, argv, log)
     rows: dict[str, list[dict]] = {v: [] for v in variants}
     for (v, s), run in runs.items():
         started = time.perf_counter()
@@ -248,6 +263,43 @@ def run_ablation(args: argparse.Namespace, argv: list[str] | None = None) -> dic
     tables.write(out, "ablation", text + f"\ncommand: `{command}`\n", payload)
     print(text)
     return payload
+
+
+def curve_study(runs, variants, seeds, out: Path, args, size, flags, argv, log) -> dict:
+    """Every kept checkpoint of every run scored (`codaar.evaluate --curve`): cross-modal transfer per
+    step, mean ± std over seeds, and the steps each recipe needs to reach 95% of its final transfer."""
+    from codaar.evaluate.curve import transfer_curve
+
+    curves: dict[str, list[dict]] = {v: [] for v in variants}
+    for (v, s), run in runs.items():
+        started = time.perf_counter()
+        curve = transfer_curve(run, tasks=("ave",), ave={"epochs": args.ave_epochs}, plots=False, log=lambda m: None)
+        curves[v].append(curve)
+        log(f"curve {v} seed {s} in {time.perf_counter() - started:.0f} s: " + ", ".join(
+            f"step {p['step']} {p['transfer']:.1f}" for p in curve["points"]) + f"; 95% at {curve['steps_to_95']}")
+    steps = [p["step"] for p in next(iter(curves.values()))[0]["points"]]
+    header = ["variant", "seeds"] + [f"transfer @ step {step}" for step in steps] + ["steps to 95%"]
+    body, summary = [], {}
+    for v, per_seed in curves.items():
+        at = {step: [next(p["transfer"] for p in c["points"] if p["step"] == step) for c in per_seed] for step in steps}
+        reach = [c["steps_to_95"] for c in per_seed]
+        summary[v] = {"transfer": {str(k): vals for k, vals in at.items()}, "steps_to_95": reach}
+        body.append([v, str(len(per_seed))] + [tables.fmt(np.mean(at[k]), _std(at[k])) for k in steps]
+                    + [tables.fmt(np.mean(reach), _std(reach), 0)])
+    text = tables.markdown("Cross-modal transfer over training, mean ± std over seeds", header, body, [
+        "transfer: mean over every cross-modal AVE direction of the authors' batch-wise macro precision (%), clean "
+        "protocol, at each kept checkpoint; steps to 95%: the first checkpoint step reaching 95% of the run's final "
+        "transfer"])
+    command = "python -m codaar.ablate " + " ".join(argv if argv is not None else sys.argv[1:])
+    payload = {"command": command, "train_flags": size, "variants": {v: flags[v][1:] for v in variants},
+               "seeds": seeds, "summary": summary, "curves": curves}
+    tables.write(out, "curves", text + f"\ncommand: `{command}`\n", payload)
+    print(text)
+    return payload
+
+
+def _std(values) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 if __name__ == "__main__":

@@ -114,3 +114,28 @@ def test_trainer_flags_end_to_end_and_exact_resume(tmp_path, capsys):
     for key in a:
         assert torch.equal(a[key], b[key]), key
 
+
+
+def test_the_summary_warns_about_a_collapsed_or_unshared_codebook():
+    from codaar.train.loop import collapse_warnings
+
+    modalities = ("video", "audio")
+    healthy = {"codes_used/video": 90.0, "codes_used/audio": 75.0}
+    assert collapse_warnings(healthy, {"agreement/video-audio": 0.8}, modalities, modalities, 800) == []
+    collapsed = {"codes_used/video": 7.0, "codes_used/audio": 75.0}  # the authors' init before a reset
+    warnings = collapse_warnings(collapsed, {"agreement/video-audio": 0.01}, modalities, modalities, 800)
+    assert len(warnings) == 2
+    assert "video codebook looks collapsed: 7 of 800 codes" in warnings[0]
+    assert "video and audio choose the same code on 1.0% of frames" in warnings[1]
+    assert collapse_warnings(collapsed, {}, ("audio",), modalities, 800) == []  # video not checked
+    assert collapse_warnings({"codes_used/video": 3.0, "codes_used/audio": 3.0}, {}, modalities, modalities, 16) == []
+
+
+def test_an_official_run_before_its_first_reset_is_reported_collapsed(tmp_path, capsys):
+    """FINDINGS 1 at a small size: with the authors' init, a few codes carry the modalities."""
+    summary = main(TINY + ["--num-codes", "800", "--max-steps", "24", "--preset", "official",
+                           "--out", str(tmp_path / "run")])
+    assert any("codebook looks collapsed" in w for w in summary["warnings"]), summary
+    assert "WARNING: the" in capsys.readouterr().out
+    recommended = main(TINY + ["--num-codes", "800", "--max-steps", "24", "--out", str(tmp_path / "aligned")])
+    assert not any("collapsed" in w for w in recommended["warnings"]), recommended["warnings"]

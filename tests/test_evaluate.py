@@ -169,3 +169,22 @@ def test_cli_end_to_end(run_dir, tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "no checkpoint here" in bad.stderr
 
+
+
+def test_transfer_curve_scores_every_kept_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    train_main(TINY + ["--out", str(run), "--max-steps", "6", "--checkpoint-every", "2", "--keep-checkpoints", "10"])
+    from codaar.evaluate.__main__ import main as evaluate_main
+
+    out = tmp_path / "curve"
+    curve = evaluate_main([str(run), "--curve", "--tasks", "ave", "--ave-epochs", "2", "--out", str(out)])
+    assert [p["step"] for p in curve["points"]] == [2, 4, 6]
+    assert all(0 <= p["transfer"] <= 100 and "ave V->A" in p for p in curve["points"])
+    final = curve["points"][-1]["transfer"]
+    assert curve["steps_to_95"] == next(p["step"] for p in curve["points"] if p["transfer"] >= 0.95 * final)
+    assert len(curve["logged"]["step"]) == 6 and "codes_recent/audio" in curve["logged"]
+    assert "steps to reach 95% of the final transfer" in (out / "curve.md").read_text()
+    assert (out / "transfer_curve.png").read_bytes()[:4] == b"\x89PNG"
+    every = evaluate_main([str(run), "--curve", "--curve-every", "2", "--tasks", "ave", "--ave-epochs", "1",
+                           "--no-plots", "--out", str(tmp_path / "curve2")])
+    assert [p["step"] for p in every["points"]] == [2, 6]  # every 2nd, and always the last

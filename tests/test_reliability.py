@@ -235,19 +235,26 @@ def test_torchrun_restarts_a_killed_worker_and_ends_where_the_uninterrupted_run_
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "--max-restarts", "3", "-m", "codaar.train", *exact, "--out", str(run)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    agent = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
-    latest = run / "checkpoints" / ckpt.LATEST
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and agent.poll() is None:
-        if latest.is_file() and int(latest.read_text().split("-")[1]) >= 6:
-            break
-        time.sleep(0.05)
-    workers = _children(agent.pid)
-    assert agent.poll() is None and len(workers) == 2, "the run ended before a worker could be killed"
-    os.kill(workers[-1], signal.SIGKILL)
-    output, _ = agent.communicate(timeout=600)
-    assert agent.returncode == 0, output[-3000:]
+    log = tmp_path / "elastic.log"  # a file, not a pipe: an unread pipe would block the workers' output
+    with open(log, "w") as output:
+        agent = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            latest = run / "checkpoints" / ckpt.LATEST
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and agent.poll() is None:
+                if latest.is_file() and int(latest.read_text().split("-")[1]) >= 6:
+                    break
+                time.sleep(0.05)
+            workers = _children(agent.pid)
+            assert agent.poll() is None and len(workers) == 2, "the run ended before a worker could be killed"
+            os.kill(workers[-1], signal.SIGKILL)
+            agent.wait(timeout=600)
+        finally:
+            for pid in _children(agent.pid):
+                os.kill(pid, signal.SIGKILL)
+            agent.kill()
+            agent.wait()
+    assert agent.returncode == 0, log.read_text()[-3000:]
     assert int(latest.read_text().split("-")[1]) == 24
     resumes = json.loads((run / "config.json").read_text())["resumes"]
     assert resumes and resumes[0]["step"] >= 6  # the restarted group resumed

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from codaar.evaluate.curve import transfer_curve
 from codaar.evaluate.errors import EvaluationError
 from codaar.evaluate.protocols import AVE_DEFAULTS, AVVP_DEFAULTS, PROTOCOLS
 from codaar.evaluate.run import TASKS, evaluate
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--name", help="row label in the tables (default: the run folder's name)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--curve", action="store_true", help="score every saved checkpoint of the run (clean protocol, "
+                   "--tasks, every cross-modal direction) and plot transfer, codebook usage and index agreement "
+                   "against the step; tables give the steps to reach 95%% of the final transfer (curve.md)")
+    p.add_argument("--curve-every", type=int, default=1, metavar="N", help="with --curve: every Nth checkpoint "
+                   "(and the last)")
     return p
 
 
@@ -69,12 +75,23 @@ def main(argv: list[str] | None = None) -> dict:
     except EvaluationError as exc:
         print(f"python -m codaar.evaluate: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    print((out / "tables.md").read_text())
-    print(f"written: {out}/tables.md, tables.json" + ("" if args.no_plots else ", *.png"))
+    report = out / ("curve.md" if args.curve else "tables.md")
+    print(report.read_text())
+    print(f"written: {report}, {report.with_suffix('.json').name}" + ("" if args.no_plots else ", *.png"))
     return result
 
 
 def run_cli(args: argparse.Namespace, protocols: tuple[str, ...], out: Path) -> dict:
+    if args.curve:
+        if args.curve_every < 1:
+            raise EvaluationError(f"--curve-every: expected an integer >= 1, found {args.curve_every}")
+        curve = transfer_curve(args.checkpoint, every=args.curve_every, tasks=tuple(t for t in args.tasks.split(",")
+                                                                                   if t and t != "retrieval"),
+                               ave={"epochs": args.ave_epochs, "lr": args.ave_lr, "batch_size": args.ave_batch_size},
+                               avvp={"epochs": args.avvp_epochs, "lr": args.avvp_lr,
+                                     "batch_size": args.avvp_batch_size},
+                               out=out, plots=not args.no_plots, log=lambda s: print(s, file=sys.stderr))
+        return curve
     return evaluate(
         args.checkpoint, data=args.data, data_preset=args.data_preset, data_seed=args.data_seed, protocols=protocols,
         tasks=tuple(t for t in args.tasks.split(",") if t), head_input=args.head_input,

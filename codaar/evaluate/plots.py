@@ -142,6 +142,37 @@ def plot_pca(codebooks: torch.Tensor, modalities, used: np.ndarray, path: Path, 
     return _save(plt, fig, path)
 
 
+def plot_curve(curve: dict, path: Path) -> Path:
+    """Over training: cross-modal transfer at each scored checkpoint, and the codes used and index
+    agreement the run logged at every step (a collapsed codebook shows as a flat, low usage line)."""
+    plt = _pyplot()
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
+    steps = [p["step"] for p in curve["points"]]
+    ax1.plot(steps, [p["transfer"] for p in curve["points"]], "o-", color="black", label="mean")
+    for key in [k for k in curve["points"][0] if k not in ("step", "transfer")]:
+        ax1.plot(steps, [p[key] for p in curve["points"]], alpha=0.5, lw=1, label=key)
+    if curve["steps_to_95"] is not None:
+        ax1.axvline(curve["steps_to_95"], color="grey", ls="--", lw=0.8)
+    ax1.set_xlabel(f"step (dashed: 95% of the final transfer, step {curve['steps_to_95']})")
+    ax1.set_ylabel("transfer (%)")
+    ax1.set_title("Cross-modal transfer")
+    ax1.legend(fontsize=7)
+    logged = curve["logged"]
+    for key in [k for k in logged if k != "step"]:
+        kind, name = key.split("/", 1)
+        axis = ax2 if kind == "codes_recent" else ax3
+        axis.plot(logged["step"], logged[key], label=name, color=COLORS.get(name))
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("codes")
+    ax2.set_title("Codes used within the last 100 updates")
+    ax2.legend(fontsize=8)
+    ax3.set_xlabel("step")
+    ax3.set_ylabel("same-index share of frames")
+    ax3.set_title("Cross-modal index agreement")
+    ax3.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
 def plot_all(pretrained, data, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     indices = test_indices(pretrained, data)
@@ -157,4 +188,4 @@ def plot_all(pretrained, data, out: Path) -> list[Path]:
     return written
 
 
-__all__ = ["plot_usage", "plot_agreement", "plot_health", "plot_pca", "plot_all", "test_indices"]
+__all__ = ["plot_usage", "plot_agreement", "plot_health", "plot_pca", "plot_curve", "plot_all", "test_indices"]

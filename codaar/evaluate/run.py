@@ -113,13 +113,17 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
              protocols=("clean",), tasks=TASKS, head_input: str = "row", ave: dict | None = None,
              avvp: dict | None = None, transfer_data: str | None = None, transfer_preset: str | None = None,
              transfer_seed: int | None = None, class_map: str | None = None, directions=None,
-             out: str | Path | None = None, plots: bool = True, name: str | None = None, log=print) -> dict:
+             out: str | Path | None = None, plots: bool = True, name: str | None = None, log=print,
+             eval_data: TriModalData | None = None) -> dict:
     """Run the protocols on one checkpoint; write tables (and plots) to `out` when given.
 
     Returns {"checkpoint", "modalities", "<protocol>": {"ave": {src: {tgt: {...}}, "_info": ...},
-    "avvp": ..., "retrieval": ...}, ...}. `ave` / `avvp`: HeadSettings overrides (lr, batch_size, epochs)."""
+    "avvp": ..., "retrieval": ...}, ...}. `ave` / `avvp`: HeadSettings overrides (lr, batch_size, epochs).
+    `eval_data`: a data set already loaded (several checkpoints of one run) instead of data/data_preset."""
     pretrained = load_pretrained(checkpoint)
-    data_a = load_eval_data(pretrained, data, data_preset, data_seed)
+    if eval_data is not None:
+        check_compatible(pretrained, eval_data)
+    data_a = eval_data if eval_data is not None else load_eval_data(pretrained, data, data_preset, data_seed)
     data_b, label_map, keep = data_a, None, None
     if transfer_data is not None or transfer_preset is not None:
         data_b = load_other_data(pretrained, transfer_data, transfer_preset, transfer_seed)

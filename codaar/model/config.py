@@ -14,7 +14,7 @@ from codaar.settings import SettingsError, nested, setting, settings
 
 KNOWN_MODALITIES = ("video", "audio", "text")
 VIDEO_INPUTS = ("spatial", "vector")
-CPC_VARIANT_OF_PRESET = {"official": "official", "paper": "paper"}  # spec §8.9
+CPC_VARIANT_OF_PRESET = {"official": "official", "paper": "paper", "recommended": "official"}  # spec §8.9
 
 
 @settings

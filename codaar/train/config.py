@@ -39,7 +39,8 @@ SEED_MAX = 2**63 - 1  # torch's generators take 64-bit seeds; derived seeds mix 
 
 @settings
 class TrainConfig:
-    model: ModelConfig = nested(ModelConfig, "the network and its quantizer")
+    # The trainer's default recipe is `recommended` (the library's default preset stays `official`).
+    model: ModelConfig = nested(ModelConfig, "the network and its quantizer", preset="recommended")
     # data
     data: str | None = setting(None, "a data folder in the project's format (python -m codaar.data); none: the "
                                "built-in data set")

@@ -361,6 +361,9 @@ class Trainer:
         for m in mods:  # codebook health at the last step
             for key in ("codes_recent", "codes_dead", "max_abs_codeword"):
                 summary[f"{key}/{m}"] = last.get(f"{key}/{m}", math.nan)
+        # Class-prompt text has only classes x tokens distinct inputs: few codes is no collapse there.
+        varied = [m for m in mods if not (m == "text" and self.data.text_kind == "class-prompt")]
+        summary["warnings"] = collapse_warnings(summary, mean, varied, mods, model_cfg.num_codes)
         if not self.group.is_main:
             return summary
         lines = [f"\nCoDAAR pretraining: {self.step} steps ({self.step / self.batches.steps_per_epoch:.1f} epochs), "
@@ -377,10 +380,36 @@ class Trainer:
         for a, b in itertools.combinations(mods, 2):
             lines.append(f"  index agreement {a}-{b}: {mean.get(f'agreement/{a}-{b}', math.nan):.3f} of frames")
         lines.append(f"  dead codes reset in the last epoch: {summary['dead_codes_reset_last_epoch']}")
+        lines += [f"  WARNING: {warning}" for warning in summary["warnings"]]
         lines.append(f"  checkpoint: {ckpt.resolve_checkpoint(self.run_dir)}")
         lines.append(f"  metrics:    {self.metrics_path} (one JSON line per step)")
         print("\n".join(lines))
         return summary
+
+
+# A collapsed codebook (FINDINGS 1: 6-12 of 800 codes until the first dead-code reset) against a
+# healthy one (~70-100 of 800 after it): fewer than this share of K, or fewer than 16 codes.
+COLLAPSED_SHARE, COLLAPSED_CODES = 0.02, 16
+UNALIGNED_AGREEMENT = 0.02  # modalities choosing the same index on fewer frames share no vocabulary
+
+
+def collapse_warnings(summary: dict, mean: dict, varied, modalities, num_codes: int) -> list[str]:
+    """What the end-of-run summary warns about: a collapsed codebook (few codes used in the last
+    epoch by a modality with varied inputs), or modalities whose indices are not shared."""
+    warnings = []
+    threshold = min(COLLAPSED_CODES, max(2, math.ceil(COLLAPSED_SHARE * num_codes)))
+    for m in varied:
+        used = summary.get(f"codes_used/{m}", math.nan)
+        if used < threshold:
+            warnings.append(f"the {m} codebook looks collapsed: {used:.0f} of {num_codes} codes used in the last "
+                            f"epoch (the authors' init does this until the first dead-code reset, ~300 steps: "
+                            f"train longer, or use the recommended preset's aligned init)")
+    for a, b in itertools.combinations(modalities, 2):
+        agreement = mean.get(f"agreement/{a}-{b}", math.nan)
+        if agreement < UNALIGNED_AGREEMENT:
+            warnings.append(f"{a} and {b} choose the same code on {agreement:.1%} of frames: their indices are not "
+                            f"shared (is CSA off?)")
+    return warnings
 
 
 def _to_host(values: dict[str, torch.Tensor]) -> dict[str, float]:
