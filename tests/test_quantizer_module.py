@@ -154,7 +154,7 @@ def test_presets_are_named_sets_of_switches():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        (dict(preset="nope"), "setting 'preset': expected one of official, paper, found 'nope'"),
+        (dict(preset="nope"), "setting 'preset': expected one of official, paper, recommended, found 'nope'"),
         (dict(cascade=("text", "audio")), "setting 'cascade': expected an order of video,audio,text"),
         (dict(modalities=("audio", "audio")), "setting 'modalities': expected distinct names"),
         (dict(loss_reduction="max"), "setting 'loss_reduction': expected one of mean, sum, found 'max'"),
