@@ -286,3 +286,13 @@ def test_a_killed_data_write_leaves_nothing_the_next_write_keeps(tmp_path):
     data = build_synthetic(synthetic_config("default", num_pretrain=8, num_train=4, num_val=2, num_test=2))
     write_dataset(data, out)  # the next write removes what the killed writers left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+    run = tmp_path / "run"
+    main(TINY + ["--out", str(run), "--max-steps", "2", "--checkpoint-every", "1"])
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 1.2')  # the write a SIGKILL interrupted
+    main(TINY + ["--out", str(run), "--max-steps", "3", "--resume"])
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]

@@ -207,7 +207,7 @@ def main(argv=None) -> int:
                                    skip_missing=args.skip_missing, overwrite=args.overwrite, progress=not args.quiet)
             print(f"wrote {args.out}\n{data.summary()}")
     except (DataFormatError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"python -m codaar.data: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

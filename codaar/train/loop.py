@@ -188,7 +188,7 @@ class Trainer:
         self.skipped_steps = int(meta.get("skipped_steps", 0))
         if self.group.is_main:  # forget metrics logged after the checkpoint: those steps run again
             lines = self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
-            kept = [line for line in lines if json.loads(line)["step"] <= meta["step"]]
+            kept = [line for line in lines if _logged_step(line) <= meta["step"]]
             _atomic_write(self.metrics_path, "".join(line + "\n" for line in kept))
         return meta["step"]
 
@@ -429,6 +429,14 @@ def _nonfinite(record: dict[str, float], modalities, on_nonfinite: str) -> list[
     if on_nonfinite == "stop":
         names.update({k: k for k in record if k in ("loss", "dqa", "cpc") or k.startswith(("grad_norm/", "rec/", "commit/"))})
     return [name for key, name in names.items() if key in record and not math.isfinite(record[key])]
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; a line cut short by a kill counts as after every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 _RUN_LEFTOVERS = ("config.json.tmp", "metrics.jsonl.tmp")
