@@ -257,10 +257,15 @@ def run_ablation(args: argparse.Namespace, argv: list[str] | None = None) -> dic
         log(f"scored {v} seed {s} in {time.perf_counter() - started:.0f} s: " +
             ", ".join(f"{k} {row[k]:.1f}" for k in MAIN_COLUMNS if k in row))
     text, summary = summarise(rows)
+    return publish(out, "ablation", text, argv, size, flags, seeds, summary=summary, per_seed=rows)
+
+
+def publish(out: Path, stem: str, text: str, argv, size, flags, seeds, **results) -> dict:
+    """<out>/<stem>.md and .json with the command that made them; prints the tables."""
     command = "python -m codaar.ablate " + " ".join(argv if argv is not None else sys.argv[1:])
-    payload = {"command": command, "train_flags": size, "variants": {v: flags[v][1:] for v in variants},
-               "seeds": seeds, "summary": summary, "per_seed": rows}
-    tables.write(out, "ablation", text + f"\ncommand: `{command}`\n", payload)
+    payload = {"command": command, "train_flags": size, "variants": {v: f[1:] for v, f in flags.items()},
+               "seeds": seeds, **results}
+    tables.write(out, stem, text + f"\ncommand: `{command}`\n", payload)
     print(text)
     return payload
 
@@ -290,12 +295,7 @@ def curve_study(runs, variants, seeds, out: Path, args, size, flags, argv, log) 
         "transfer: mean over every cross-modal AVE direction of the authors' batch-wise macro precision (%), clean "
         "protocol, at each kept checkpoint; steps to 95%: the first checkpoint step reaching 95% of the run's final "
         "transfer"])
-    command = "python -m codaar.ablate " + " ".join(argv if argv is not None else sys.argv[1:])
-    payload = {"command": command, "train_flags": size, "variants": {v: flags[v][1:] for v in variants},
-               "seeds": seeds, "summary": summary, "curves": curves}
-    tables.write(out, "curves", text + f"\ncommand: `{command}`\n", payload)
-    print(text)
-    return payload
+    return publish(out, "curves", text, argv, size, flags, seeds, summary=summary, curves=curves)
 
 
 def _std(values) -> float:
