@@ -136,19 +136,17 @@ def _route(cls: type, values: Mapping[str, object]) -> dict[str, object]:
         if decl is None:
             raise SettingsError(name, f"a setting of {cls.__name__} (see --help)", name, found_text="an unknown name")
         deeper.setdefault(decl.path[0], {})[name] = value
-    for name, values_below in deeper.items():
-        sub_cls = fields[name].metadata["nested"]
-        base = direct.get(name)
-        if base is None:
-            base = fields[name].default_factory()
-        elif isinstance(base, Mapping):
-            base = sub_cls.from_dict(base)
-        direct[name] = base.replace(**values_below)
-    for name, value in list(direct.items()):
-        sub_cls = fields[name].metadata.get("nested")
-        if sub_cls is not None and isinstance(value, Mapping):
-            direct[name] = sub_cls.from_dict(value)
-        elif sub_cls is not None and not isinstance(value, sub_cls):
+    for name, field_ in fields.items():
+        sub_cls = field_.metadata.get("nested")
+        value = direct.get(name)
+        if sub_cls is None or (value is None and name not in deeper):
+            continue
+        if value is None or isinstance(value, Mapping):  # this field's defaults, then the values given
+            given = {**flatten(sub_cls, value or {}, name), **deeper.get(name, {})}
+            direct[name] = field_.default_factory().replace(**given)
+        elif isinstance(value, sub_cls):
+            direct[name] = value.replace(**deeper[name]) if name in deeper else value
+        else:
             raise SettingsError(name, f"a {sub_cls.__name__}", value)
     return direct
 

@@ -51,6 +51,8 @@ def test_configs_compose_and_flat_names_route_to_their_level():
     assert official.data_preset == "default" and official.model.cpc_variant == "official"
     assert official.model.quantizer.commit_self_weight == 0.5 and official.model.num_codes == 16
     assert TrainConfig(data_preset="avvp").replace(preset="paper").data_preset == "avvp"
+    # a sub-config given as a mapping starts from this level's defaults for it (the trainer's preset)
+    assert TrainConfig(model={"quantizer": {"num_codes": 4}}).model.preset == TrainConfig().model.preset
     with pytest.raises(SettingsError, match="setting 'num_codes': expected one value"):
         TrainConfig.from_dict({"model": {"quantizer": {"num_codes": 16}}, "num_codes": 8})
 
