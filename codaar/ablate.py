@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--avvp-epochs", type=int, help="AVVP head epochs (default 50)")
     p.add_argument("--tasks", default="ave,avvp")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once (each single-threaded when > 1)")
-    p.add_argument("--curve", action="store_true", help="score every kept checkpoint of each run (AVE, clean) "
+    p.add_argument("--curve", action="store_true", help="score every kept checkpoint of each run (--tasks ave/avvp, "
+                   "clean) "
                    "instead of the last one: transfer over training and steps to 95%% of the final transfer; keep "
                    "checkpoints with --train-args '--checkpoint-every N --keep-checkpoints M'")
     p.add_argument("--out", default="runs/ablation")
@@ -275,26 +276,33 @@ def curve_study(runs, variants, seeds, out: Path, args, size, flags, argv, log) 
     step, mean ± std over seeds, and the steps each recipe needs to reach 95% of its final transfer."""
     from codaar.evaluate.curve import transfer_curve
 
+    curve_tasks = tuple(t for t in args.tasks.split(",") if t in ("ave", "avvp"))
     curves: dict[str, list[dict]] = {v: [] for v in variants}
     for (v, s), run in runs.items():
         started = time.perf_counter()
-        curve = transfer_curve(run, tasks=("ave",), ave={"epochs": args.ave_epochs}, plots=False, log=lambda m: None)
+        curve = transfer_curve(run, tasks=curve_tasks, ave={"epochs": args.ave_epochs},
+                               avvp={"epochs": args.avvp_epochs}, plots=False, log=lambda m: None)
         curves[v].append(curve)
         log(f"curve {v} seed {s} in {time.perf_counter() - started:.0f} s: " + ", ".join(
             f"step {p['step']} {p['transfer']:.1f}" for p in curve["points"]) + f"; 95% at {curve['steps_to_95']}")
     steps = [p["step"] for p in next(iter(curves.values()))[0]["points"]]
-    header = ["variant", "seeds"] + [f"transfer @ step {step}" for step in steps] + ["steps to 95%"]
+    columns = [(f"transfer/{task}", step) for task in curve_tasks for step in steps]
+    header = ["variant", "seeds"] + [f"{key.split('/')[1].upper()} @ {step}" for key, step in columns]
+    header += ["steps to 95%"]
     body, summary = [], {}
     for v, per_seed in curves.items():
-        at = {step: [next(p["transfer"] for p in c["points"] if p["step"] == step) for c in per_seed] for step in steps}
+        at = {(key, step): [next(p[key] for p in c["points"] if p["step"] == step) for c in per_seed]
+              for key, step in columns}
         reach = [c["steps_to_95"] for c in per_seed]
-        summary[v] = {"transfer": {str(k): vals for k, vals in at.items()}, "steps_to_95": reach}
-        body.append([v, str(len(per_seed))] + [tables.fmt(np.mean(at[k]), _std(at[k])) for k in steps]
+        summary[v] = {f"{key} @ {step}": vals for (key, step), vals in at.items()}
+        summary[v]["steps_to_95"] = reach
+        body.append([v, str(len(per_seed))] + [tables.fmt(np.mean(at[c]), _std(at[c])) for c in columns]
                     + [tables.fmt(np.mean(reach), _std(reach), 0)])
     text = tables.markdown("Cross-modal transfer over training, mean ± std over seeds", header, body, [
-        "transfer: mean over every cross-modal AVE direction of the authors' batch-wise macro precision (%), clean "
-        "protocol, at each kept checkpoint; steps to 95%: the first checkpoint step reaching 95% of the run's final "
-        "transfer"])
+        "TASK @ step: mean over the cross-modal directions (V->A, A->V, and with text T->A, A->T, T->V, V->T) of the "
+        "clean protocol's score at that checkpoint (AVE: the authors' batch-wise macro precision; AVVP: precision "
+        "over segment x class cells; %); steps to 95%: the first kept checkpoint whose mean over the tasks reaches "
+        "95% of the run's final one"])
     return publish(out, "curves", text, argv, size, flags, seeds, summary=summary, curves=curves)
 
 

@@ -34,9 +34,9 @@ def test_micro_recipe_curves(tmp_path):
     out = tmp_path / "recipes"
     payload = ablate.main(["--studies", "recipes", "--seeds", "1,2", "--steps", "4", "--dim", "16", "--num-codes", "8",
                            "--temporal-ffn-dim", "32", "--text-lstm-dim", "8", "--batch-size", "20",
-                           "--pretrain-clips", "40", "--ave-epochs", "1", "--jobs", "2", "--curve",
+                           "--pretrain-clips", "40", "--ave-epochs", "1", "--jobs", "2", "--curve", "--tasks", "ave",
                            "--train-args", "--checkpoint-every 2 --keep-checkpoints 5", "--out", str(out)])
     assert set(payload["summary"]) == {"preset-official", "preset-recommended"}
-    assert set(payload["summary"]["preset-official"]["transfer"]) == {"2", "4"}
+    assert set(payload["summary"]["preset-official"]) == {"transfer/ave @ 2", "transfer/ave @ 4", "steps_to_95"}
     text = (out / "curves.md").read_text()
-    assert "| preset-recommended | 2 |" in text and "transfer @ step 2" in text and "steps to 95%" in text
+    assert "| preset-recommended | 2 |" in text and "AVE @ 2" in text and "steps to 95%" in text

@@ -179,7 +179,8 @@ def test_transfer_curve_scores_every_kept_checkpoint(tmp_path):
     out = tmp_path / "curve"
     curve = evaluate_main([str(run), "--curve", "--tasks", "ave", "--ave-epochs", "2", "--out", str(out)])
     assert [p["step"] for p in curve["points"]] == [2, 4, 6]
-    assert all(0 <= p["transfer"] <= 100 and "ave V->A" in p for p in curve["points"])
+    assert all(0 <= p["transfer"] <= 100 and "ave V->A" in p and p["transfer"] == p["transfer/ave"]
+               for p in curve["points"])
     final = curve["points"][-1]["transfer"]
     assert curve["steps_to_95"] == next(p["step"] for p in curve["points"] if p["transfer"] >= 0.95 * final)
     assert len(curve["logged"]["step"]) == 6 and "codes_recent/audio" in curve["logged"]

@@ -34,8 +34,11 @@ def checkpoints_of(run: Path, every: int = 1) -> list[Path]:
 
 def transfer_curve(run: str | Path, every: int = 1, tasks=("ave",), ave: dict | None = None,
                    avvp: dict | None = None, out: str | Path | None = None, plots: bool = True, log=print) -> dict:
-    """Score each picked checkpoint (clean protocol, every cross-modal direction); returns and writes
-    {"points": [{step, transfer, per direction}], "steps_to_95", "logged": per-step usage/agreement}."""
+    """Score each picked checkpoint (clean protocol, every cross-modal direction of each task: ave,
+    avvp); returns and writes {"points": [{step, transfer, transfer/<task>, per direction}], "steps_to_95",
+    "logged": per-step usage/agreement}. transfer: the mean over the tasks of each task's mean."""
+    if not tasks or any(task not in ("ave", "avvp") for task in tasks):
+        raise EvaluationError(f"--tasks: a transfer curve scores ave and/or avvp, found {list(tasks)}")
     from codaar.evaluate.run import evaluate  # run imports this module's neighbours, not this module
 
     run = Path(run)
@@ -50,12 +53,10 @@ def transfer_curve(run: str | Path, every: int = 1, tasks=("ave",), ave: dict | 
                           plots=False, eval_data=data, log=lambda s: None)
         point = {"step": int(ckpt.read_meta(folder)["step"])}
         for task in tasks:
-            if task == "retrieval":
-                continue
-            for s, t in directions:
-                point[f"{task} {tables.arrow(s, t)}"] = result["clean"][task][s][t]["precision"]
-        cross = [v for k, v in point.items() if k != "step"]
-        point["transfer"] = float(np.mean(cross))
+            values = {f"{task} {tables.arrow(s, t)}": result["clean"][task][s][t]["precision"] for s, t in directions}
+            point.update(values)
+            point[f"transfer/{task}"] = float(np.mean(list(values.values())))
+        point["transfer"] = float(np.mean([point[f"transfer/{task}"] for task in tasks]))
         points.append(point)
         log(f"step {point['step']}: cross-modal transfer {point['transfer']:.1f}")
     final = points[-1]["transfer"]
@@ -77,11 +78,12 @@ def logged_health(run: Path, modalities) -> dict[str, list[float]]:
 
 def write_curve(curve: dict, out: Path, plots: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    header = ["step", "transfer"] + [k for k in curve["points"][0] if k not in ("step", "transfer")]
+    header = ["step", "transfer"] + [k for k in curve["points"][0] if k not in ("step", "transfer")]  # per task, direction
     body = [[str(p["step"])] + [tables.fmt(p[k]) for k in header[1:]] for p in curve["points"]]
     text = tables.markdown(
         f"Cross-modal transfer over training ({curve['run']})", header, body,
-        [f"transfer: mean of the cross-modal directions (clean protocol, the authors' batch-wise macro precision, %); "
+        [f"transfer: mean over the tasks of the mean over their cross-modal directions (clean protocol; AVE: the "
+         f"authors' batch-wise macro precision, AVVP: precision over segment x class cells, %); "
          f"steps to reach {TRANSFER_SHARE:.0%} of the final transfer: {curve['steps_to_95']}"])
     tables.write(out, "curve", text, curve)
     if plots:

@@ -149,8 +149,8 @@ def plot_curve(curve: dict, path: Path) -> Path:
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
     steps = [p["step"] for p in curve["points"]]
     ax1.plot(steps, [p["transfer"] for p in curve["points"]], "o-", color="black", label="mean")
-    for key in [k for k in curve["points"][0] if k not in ("step", "transfer")]:
-        ax1.plot(steps, [p[key] for p in curve["points"]], alpha=0.5, lw=1, label=key)
+    for key in [k for k in curve["points"][0] if k.startswith("transfer/")]:
+        ax1.plot(steps, [p[key] for p in curve["points"]], alpha=0.6, lw=1, label=key.split("/", 1)[1].upper())
     if curve["steps_to_95"] is not None:
         ax1.axvline(curve["steps_to_95"], color="grey", ls="--", lw=0.8)
     ax1.set_xlabel(f"step (dashed: 95% of the final transfer, step {curve['steps_to_95']})")
