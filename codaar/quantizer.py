@@ -314,15 +314,11 @@ class CrossModalQuantizer(nn.Module):
         sums, counts = ops.dta_accumulate(z, idx, cfg.num_codes, self_weight, cross_weight,
                                           deterministic=cfg.deterministic)
         self._all_reduce_statistics(sums, counts)
-        # The count floor exists only in the eager reference: with the guard on, the update runs
-        # eagerly on every device (one elementwise pass over [M, K, D]; the other kernels still dispatch).
-        guard = {"count_floor": cfg.count_floor} if cfg.count_floor > 0 else {}
-        update_fn = ops.ema_csa_update_reference if guard else ops.ema_csa_update
-        dead, active = update_fn(
+        dead, active = ops.ema_csa_update(
             self.codebook, self.ema_sum, self.ema_count, self.unused_steps, sums, counts,
             decay=cfg.decay, eps=cfg.eps, laplace_smoothing=cfg.laplace_smoothing,
             csa_order=self._cascade, csa_persistent=cfg.csa_persistent,
-            dead_after=cfg.dead_after, active_window=cfg.active_window, **guard,
+            dead_after=cfg.dead_after, active_window=cfg.active_window, count_floor=cfg.count_floor,
         )
         self.last_used.copy_(torch.where(counts > 0, self.num_updates + 1, self.last_used))
         # On the CPU a branch costs nothing; the draws depend only on (seed, step), so skipping

@@ -18,7 +18,7 @@ In the authors' code CSA moves only the lookup codebook E, never W or C, so it i
 W and C every step (`csa_persistent=False`); with `csa_persistent=True` W is rewritten so that the
 moved codewords are what the EMA continues from, as the paper's text implies.
 
-Count floor (`count_floor` > 0; a deviation from the authors' code, off by default, eager only):
+Count floor (`count_floor` > 0; a deviation from the authors' code, off by default; Triton too):
 a codeword whose EMA count C' falls below the floor after the EMA is held at its previous pre-CSA
 value A instead of being divided by ~eps (the authors' first-step explosion of unchosen codes):
 

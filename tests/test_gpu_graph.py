@@ -19,7 +19,7 @@ from codaar.train import Trainer
 from codaar.train_config import parse_config
 from test_train import TINY
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.gpu  # skipped without a CUDA device (conftest.py)
 CUDA = ProcessGroup(device=torch.device("cuda"))
 
 
