@@ -3,7 +3,8 @@
 
 The launchers run on CPU tensors of the paper's shapes under `record_launches()` (utilities.py),
 once per dtype path (fp32 exact, tf32, bf16 and fp16 latents; float32 and float64 EMA state) and
-per modality count, so every launch is recorded as production would issue it; an autotuned launch
+per modality count (and at about the scaled shape's frame count for the soft-usage kernels, which
+pick larger tiles there), so every launch is recorded as production would issue it; an autotuned launch
 stands for each of its configs. Each distinct launch is specialised as Triton's runtime would
 specialise those arguments (its own binder: dtypes, 16-byte alignment, integer divisibility) and
 compiled with `triton.compile(..., target=GPUTarget("cuda", cc, 32))`. From the result:
@@ -41,6 +42,9 @@ import torch
 
 # The paper's shapes: B=80 clips of T=10 frames, K=800 codes of D=256 dims.
 BATCH, FRAMES, NUM_CODES, DIM = 80, 10, 800, 256
+# clips for the soft-usage kernels' large-tile tier (the scaled shape has 6,554): 64,000 frames, divisible
+# by 16 like the paper's 800, so Triton specialises N alike and the assign variants are the same ones
+MANY_BATCH = 6400
 MODALITY_COUNTS = (2, 3)
 EMA_MODALITY_COUNTS = (2, 3, 4)  # the padded-modality EMA + CSA kernel serves any M
 MMA_OPCODES = ("HMMA", "HGMMA")
@@ -138,6 +142,11 @@ def _record_paths() -> list[tuple[str, Any]]:
             _, lse, _, _ = soft_usage_forward(z, codebook, FRAMES, allow_tf32=tf32)
             grad = torch.zeros(3, BATCH, NUM_CODES)
             soft_usage_backward(z, codebook, FRAMES, lse, grad, allow_tf32=tf32)
+            # the soft-usage kernels' large-tile tier (MANY_FRAMES), at about the scaled shape's frame count
+            many = torch.zeros(1, MANY_BATCH * FRAMES, DIM, dtype=dtype)
+            _, lse, _, _ = soft_usage_forward(many, codebook[:1], FRAMES, allow_tf32=tf32)
+            soft_usage_backward(many, codebook[:1], FRAMES, lse, torch.zeros(1, MANY_BATCH, NUM_CODES),
+                                allow_tf32=tf32)
         recorded.append((path, launches))
     for num_mod in MODALITY_COUNTS:
         idx = torch.randint(0, NUM_CODES, (num_mod, BATCH * FRAMES))

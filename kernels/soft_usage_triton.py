@@ -3,7 +3,7 @@
 Math (see `assign.py`, `soft_usage_reference`): for modality m, frame n = b*T + t, code k
 
     d[n, k] = (||E[k]||^2 + ||z[n]||^2) - 2 z[n] . E[k]
-    s[n, k] = -sqrt(max(d[n, k], 0))                 (safe_sqrt: 0 with zero gradient if d <= 0)
+    s[n, k] = -sqrt(max(d[n, k], 0))                 (neg_safe_sqrt: 0 with zero gradient if d <= 0)
     p[n, k] = softmax_k(s[n, :]) = exp(s[n, k] - lse[n]),  lse[n] = logsumexp_k s[n, k]
     P[b, k] = 1/T * sum_t p[b*T + t, k]
 
@@ -225,7 +225,7 @@ def _soft_usage_bwd_dz_kernel(
         p = tl.exp(s - lse[:, None])
         g = tl.load(dp_ptr + sample[:, None] * K + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         ds = p * (g * inv_T - r[:, None])
-        # d/dd of -sqrt(d) is -1/(2 sqrt d) for d > 0; safe_sqrt has zero gradient where d <= 0
+        # d/dd of -sqrt(d) is -1/(2 sqrt d) for d > 0; neg_safe_sqrt has zero gradient where d <= 0
         # (the inner where keeps 1/sqrt away from 0 and negatives). Padded codes: d = inf -> 0.
         pos = d > 0.0
         dd = tl.where(pos, ds * (-0.5 / tl.sqrt(tl.where(pos, d, 1.0))), 0.0)
@@ -244,11 +244,20 @@ def _soft_usage_bwd_dz_kernel(
     tl.store(dz_ptr + rows[:, None] * D + out_d[None, :], dz, mask=row_ok[:, None] & out_d_ok[None, :])
 
 
-def _configs(dim: int) -> dict[str, dict]:
-    """Launch settings of the three soft-usage kernels (heuristic, no autotune: one shape family), the
-    same on every dtype path. None spills on sm_80 / sm_90 (profiles/compiled.md, checked in CI).
-    Small row tiles: the paper shape has only 80 samples / 800 frames per modality to spread over
-    100+ SMs. dz takes all of D = 256 in one column chunk, so the distance tiles are computed once."""
+# Per modality, from this many frames on the grid has enough programs with large tiles (several
+# waves on 132 SMs), and large tiles read the codebook from L2 fewer times.
+MANY_FRAMES = 16384
+
+
+def _configs(dim: int, num_frames: int, fma: bool) -> dict[str, dict]:
+    """Launch settings of the three soft-usage kernels (heuristic, no autotune: one shape family).
+    None spills on sm_80 / sm_90 (profiles/compiled.md, checked in CI for both tiers).
+
+    Few frames (the paper: 80 samples / 800 frames per modality for 100+ SMs): small row tiles, so
+    that there are enough programs. Many frames: larger tiles, fewer re-reads of E. dz takes all of
+    D = 256 in one column chunk where its [BLOCK_K, BLOCK_DO] operand allows (few codes per tile on
+    the exact fp32 path, whose dot operands live in registers), so the distance tiles are computed once.
+    """
     d_pow2 = max(16, triton.next_power_of_2(dim))
     if interpreter_enabled():
         # few, large numpy blocks: the interpreter pays per op, not per element.
@@ -256,12 +265,18 @@ def _configs(dim: int) -> dict[str, dict]:
         return {"forward": dict(tiles, BLOCK_B=32), "row": dict(tiles, BLOCK_N=128),
                 "dz": dict(tiles, BLOCK_N=128, BLOCK_DO=min(256, d_pow2))}
     block_d = min(32, d_pow2)
-    return {
-        "forward": dict(BLOCK_B=16, BLOCK_K=64, BLOCK_D=block_d, num_warps=4, num_stages=2),
-        "row": dict(BLOCK_N=32, BLOCK_K=64, BLOCK_D=block_d, num_warps=4, num_stages=2),
-        # dd @ E holds a [BLOCK_K, BLOCK_DO] operand: few codes per tile keep it in registers
-        "dz": dict(BLOCK_N=16, BLOCK_K=32, BLOCK_D=block_d, BLOCK_DO=min(256, d_pow2), num_warps=4, num_stages=1),
-    }
+    if num_frames < MANY_FRAMES:
+        forward = dict(BLOCK_B=16, BLOCK_K=64, num_warps=4)
+        row = dict(BLOCK_N=32, BLOCK_K=64, num_warps=4)
+    else:
+        forward = dict(BLOCK_B=32, BLOCK_K=128, num_warps=8)
+        row = dict(BLOCK_N=64, BLOCK_K=128, num_warps=8)
+    if num_frames < MANY_FRAMES or fma:
+        dz = dict(BLOCK_N=16, BLOCK_K=32, BLOCK_DO=min(256, d_pow2), num_warps=4, num_stages=1)
+    else:
+        dz = dict(BLOCK_N=64, BLOCK_K=64, BLOCK_DO=min(128, d_pow2), num_warps=8, num_stages=2)
+    return {"forward": dict(forward, BLOCK_D=block_d, num_stages=2), "row": dict(row, BLOCK_D=block_d, num_stages=2),
+            "dz": dict(dz, BLOCK_D=block_d)}
 
 
 def _prepare(z, codebook, frames_per_sample, where):
@@ -311,9 +326,9 @@ def soft_usage_forward(
         return out, lse_out, idx_out, dist_out
 
     launch_assign(z, codebook, frame_sq, code_sq, idx_out, dist_out, lse_out, allow_tf32)
-    cfg = _configs(dim)["forward"]
-    one_pass = 2 * num_mod * num_frames * num_codes * dim  # FLOPs of one pass of z . E^T
     dot_fp32, prec = dot_mode(z, codebook, allow_tf32)
+    cfg = _configs(dim, num_frames, fma=dot_fp32 and prec == "ieee")["forward"]
+    one_pass = 2 * num_mod * num_frames * num_codes * dim  # FLOPs of one pass of z . E^T
     grid = (triton.cdiv(B, cfg["BLOCK_B"]), triton.cdiv(num_codes, cfg["BLOCK_K"]), num_mod)
     launch(
         _soft_usage_fwd_kernel, grid,
@@ -351,8 +366,8 @@ def soft_usage_backward(
     if num_frames == 0:
         return out
 
-    configs = _configs(dim)
     dot_fp32, prec = dot_mode(z, codebook, allow_tf32)
+    configs = _configs(dim, num_frames, fma=dot_fp32 and prec == "ieee")
     one_pass = 2 * num_mod * num_frames * num_codes * dim  # FLOPs of one pass of z . E^T (or of dd . E)
     args = (z, codebook, code_sq, frame_sq, lse, grad_p)
     sizes = (num_frames, num_codes, dim, B, T, 1.0 / T)
