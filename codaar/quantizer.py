@@ -59,7 +59,37 @@ class QuantizerOutput:
     tri_code: dict[str, torch.Tensor]  # [B, T, M*D]: what decoder m reconstructs from (Eq. 9 / spec §3.9)
     loss: torch.Tensor  # scalar: sum of the commitment losses + dqa_weight * CMCM
     losses: dict[str, torch.Tensor]  # "commit/<m>" and "dqa" (already weighted), scalars
-    metrics: dict[str, torch.Tensor]  # detached scalars: perplexity, codes used, index agreement, ...
+    # detached scalars: perplexity, codes used, index agreement, ...; a read-only mapping computed on
+    # first read (LazyMetrics), with the values of this call
+    metrics: Mapping[str, torch.Tensor]
+
+
+class LazyMetrics(Mapping):
+    """A call's metrics, computed on first read: a call whose metrics nobody reads (a benchmark, an
+    evaluation loop, a step not logged) does not pay for them. What they read from the quantizer's
+    state is taken at the call, so the values are those of the call whenever they are read."""
+
+    def __init__(self, compute) -> None:  # noqa: ANN001 (a zero-argument callable returning the dict)
+        self._compute, self._values = compute, None
+
+    def _get(self) -> dict[str, torch.Tensor]:
+        if self._values is None:
+            with torch.no_grad():
+                self._values = self._compute()
+            self._compute = None
+        return self._values
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._get()[key]
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __repr__(self) -> str:
+        return f"LazyMetrics({self._get()!r})"
 
 
 @dataclass
@@ -264,9 +294,7 @@ class CrossModalQuantizer(nn.Module):
         counts = None
         if update:
             counts, num_reset = self._update_state(z.detach(), idx)
-        metrics = self._metrics(idx.view(num_mod, batch, steps), counts)
-        if update:
-            metrics["codes_reset"] = num_reset
+        metrics = self._metrics(idx.view(num_mod, batch, steps), counts, num_reset if update else None)
 
         names = self.modalities
         losses = {f"commit/{m}": commit[i] for i, m in enumerate(names)}
@@ -285,19 +313,20 @@ class CrossModalQuantizer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """quantized [M, N, D] and the decoders' code [M, N, M*D], both z + sg(code - z)."""
         num_mod, num_frames, dim = z.shape
-        codebook = codebook.detach()
-        own_codes = codebook.gather(1, idx.unsqueeze(-1).expand(-1, -1, dim))
-        quantized = z + (own_codes - z).detach()
+        # rows[m, n] = the full row E[:, k_m[n]] (every modality's codeword at m's index), gathered
+        # once from the [K, M*D] table; m's own codeword E_m[k_m] is its m-th block (a view).
+        rows = codebook.detach().transpose(0, 1).reshape(-1, num_mod * dim)[idx]  # [M, N, M*D]
+        own_codes = rows.view(num_mod, num_frames, num_mod, dim).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+        # z + sg(code - z), summed in place into the fresh difference (a + b == b + a, bit for bit)
+        quantized = (own_codes - z.detach()).add_(z)
         if self.config.decoder_code == "concat_codes":
             # Eq. 9: one tri-modal code, every modality's own quantized latent, for all decoders
             tri = quantized.permute(1, 0, 2).reshape(num_frames, num_mod * dim)
             return quantized, tri.unsqueeze(0).expand(num_mod, -1, -1)
-        # Authors: decoder m gets the full row E[k_m] (every modality's codeword at m's index), with
-        # the gradient going to all encoders through the concatenated latents.
+        # Authors: decoder m gets the full row E[k_m], with the gradient going to all encoders
+        # through the concatenated latents (in place: rows is a fresh gather nobody else reads).
         all_latents = z.permute(1, 0, 2).reshape(1, num_frames, num_mod * dim)
-        rows = codebook[:, idx.reshape(-1)].view(num_mod, num_mod, num_frames, dim)  # [p, m, N, D]
-        rows = rows.permute(1, 2, 0, 3).reshape(num_mod, num_frames, num_mod * dim)
-        return quantized, all_latents + (rows - all_latents).detach()
+        return quantized, rows.sub_(all_latents.detach()).add_(all_latents)
 
     @torch.no_grad()
     def _update_state(self, z: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -361,33 +390,42 @@ class CrossModalQuantizer(nn.Module):
         return self._reset_rng
 
     @torch.no_grad()
-    def _metrics(self, idx: torch.Tensor, counts: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def _metrics(self, idx: torch.Tensor, counts: torch.Tensor | None, num_reset: torch.Tensor | None) -> LazyMetrics:
         """Per-modality perplexity, codes used (batch / recent / dead), max |codeword|; per-pair index
-        agreement; authors' equal_num. All tensors: no host sync."""
-        num_mod = idx.shape[0]
-        if counts is None:
-            counts = ops.code_counts(idx.view(num_mod, -1), self.config.num_codes, self.codebook.dtype)
-        names = self.modalities
-        ppl = ops.perplexity(counts)
-        used = (counts > 0).sum(dim=1)
-        agreement = ops.index_agreement(idx.view(num_mod, -1))
+        agreement; authors' equal_num; codes reset by this update. All tensors: no host sync. The
+        state they read (usage ages, codebook) is read now; the rest waits for the first read."""
         cfg = self.config
+        num_mod = idx.shape[0]
         age = self.num_updates - self.last_used  # updates since m last chose k (meaningless if never)
         ever = self.last_used > 0
-        recent = (ever & (age < cfg.active_window)).sum(dim=1)
-        dead = (~ever | (age > cfg.dead_after)).sum(dim=1)
-        max_abs = self.codebook.detach().abs().amax(dim=(1, 2))
-        metrics = {}
-        for i, m in enumerate(names):
-            metrics[f"perplexity/{m}"] = ppl[i]
-            metrics[f"codes_used/{m}"] = used[i]  # in this batch
-            metrics[f"codes_recent/{m}"] = recent[i]  # chosen by m within the last active_window updates
-            metrics[f"codes_dead/{m}"] = dead[i]  # not chosen by m for more than dead_after updates, or never
-            metrics[f"max_abs_codeword/{m}"] = max_abs[i]  # largest |entry| of m's codebook, after the update
-        for i, j in itertools.combinations(range(num_mod), 2):
-            metrics[f"agreement/{names[i]}-{names[j]}"] = agreement[i, j]
-        metrics["equal_num"] = ops.mode_agreement_count(idx)
-        return metrics
+        codebook = self.codebook.detach()
+        max_abs = torch.maximum(codebook.amax(dim=(1, 2)), -codebook.amin(dim=(1, 2)))  # max |entry|, no |E| copy
+
+        def compute() -> dict[str, torch.Tensor]:
+            call_counts = counts
+            if call_counts is None:
+                call_counts = ops.code_counts(idx.view(num_mod, -1), cfg.num_codes, self.codebook.dtype)
+            names = self.modalities
+            ppl = ops.perplexity(call_counts)
+            used = (call_counts > 0).sum(dim=1)
+            agreement = ops.index_agreement(idx.view(num_mod, -1))
+            recent = (ever & (age < cfg.active_window)).sum(dim=1)
+            dead = (~ever | (age > cfg.dead_after)).sum(dim=1)
+            metrics = {}
+            for i, m in enumerate(names):
+                metrics[f"perplexity/{m}"] = ppl[i]
+                metrics[f"codes_used/{m}"] = used[i]  # in this batch
+                metrics[f"codes_recent/{m}"] = recent[i]  # chosen by m within the last active_window updates
+                metrics[f"codes_dead/{m}"] = dead[i]  # not chosen by m for more than dead_after updates, or never
+                metrics[f"max_abs_codeword/{m}"] = max_abs[i]  # largest |entry| of m's codebook, after the update
+            for i, j in itertools.combinations(range(num_mod), 2):
+                metrics[f"agreement/{names[i]}-{names[j]}"] = agreement[i, j]
+            metrics["equal_num"] = ops.mode_agreement_count(idx)
+            if num_reset is not None:
+                metrics["codes_reset"] = num_reset
+            return metrics
+
+        return LazyMetrics(compute)
 
     # ------------------------------------------------------------------------------- inference
     @torch.no_grad()

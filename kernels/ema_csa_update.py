@@ -77,7 +77,7 @@ def ema_csa_update_reference(
     if laplace_smoothing:
         total = ema_count.sum(dim=1, keepdim=True)
         ema_count.copy_((ema_count + eps) / (total + num_codes * eps) * total)
-    ema_sum.copy_(decay * ema_sum + (1 - decay) * sums)
+    ema_sum.mul_(decay).add_((1 - decay) * sums)  # = decay * W + (1 - decay) * H, without a [M, K, D] temporary
     if count_floor > 0:
         low = ema_count < count_floor
         ema_count.masked_fill_(low, count_floor)
