@@ -132,7 +132,7 @@ def test_assign_with_soft_usage_indices_are_the_references():
 
 
 def test_zero_distance_has_zero_sqrt_gradient():
-    # Integer data with frames equal to codes: d == 0 exactly on both sides, so the safe_sqrt
+    # Integer data with frames equal to codes: d == 0 exactly on both sides, so the neg_safe_sqrt
     # branch (value 0, gradient 0) is taken identically by kernel and reference.
     g = torch.Generator().manual_seed(12)
     M, N, K, D, T = 2, 30, 20, 16, 10
