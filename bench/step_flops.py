@@ -33,13 +33,17 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from codaar_kernels import utilities  # noqa: E402
 
 
-def _baddbmm_flops(self_shape, a_shape, b_shape, *args, **kwargs) -> int:
-    batch, rows, inner = a_shape
-    return 2 * batch * rows * inner * b_shape[-1]
+def _matmul_add_flops(self_shape, a_shape, b_shape, *args, **kwargs) -> int:
+    """(b)addmm_: 2 x the product's multiply-adds (a [..., n, k] x b [..., k, m])."""
+    *batch, rows, inner = a_shape
+    count = 2 * rows * inner * b_shape[-1]
+    for size in batch:
+        count *= size
+    return count
 
 
-# torch's counter knows baddbmm but not its in-place form, which the eager distances use
-_IN_PLACE = {torch.ops.aten.baddbmm_: _baddbmm_flops}
+# torch's counter knows addmm and baddbmm but not their in-place forms, which the eager distances use
+_IN_PLACE = {torch.ops.aten.addmm_: _matmul_add_flops, torch.ops.aten.baddbmm_: _matmul_add_flops}
 
 REPORT: dict[str, tuple[int, int]] = {}  # "group: contestant" -> (forward FLOPs, forward + backward FLOPs)
 

@@ -315,7 +315,8 @@ class CrossModalQuantizer(nn.Module):
         num_mod, num_frames, dim = z.shape
         # rows[m, n] = the full row E[:, k_m[n]] (every modality's codeword at m's index), gathered
         # once from the [K, M*D] table; m's own codeword E_m[k_m] is its m-th block (a view).
-        rows = codebook.detach().transpose(0, 1).reshape(-1, num_mod * dim)[idx]  # [M, N, M*D]
+        table = codebook.detach().transpose(0, 1).reshape(-1, num_mod * dim)  # [K, M*D]
+        rows = table.index_select(0, idx.reshape(-1)).view(num_mod, num_frames, num_mod * dim)
         own_codes = rows.view(num_mod, num_frames, num_mod, dim).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
         # z + sg(code - z), summed in place into the fresh difference (a + b == b + a, bit for bit)
         quantized = (own_codes - z.detach()).add_(z)

@@ -19,11 +19,15 @@ import torch
 
 
 def squared_distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """[M, N, D] x [M, K, D] -> [M, N, K] squared Euclidean distances (one batched addmm)."""
+    """[M, N, D] x [M, K, D] -> [M, N, K] squared Euclidean distances (one addmm per modality)."""
     code_sq = (codebook * codebook).sum(-1)  # [M, K]
     frame_sq = (z * z).sum(-1, keepdim=True)  # [M, N, 1]
-    # (||E||^2 + ||z||^2) - 2 z.E, accumulated in place into the fresh norm sum (no [M, N, K] copy)
-    return (code_sq.unsqueeze(1) + frame_sq).baddbmm_(z, codebook.transpose(1, 2), alpha=-2.0)
+    # (||E||^2 + ||z||^2) - 2 z.E, accumulated in place into the fresh norm sum (no [M, N, K] copy);
+    # one addmm per modality: on a CPU that is faster than one batched baddbmm, with the same result
+    distances = code_sq.unsqueeze(1) + frame_sq
+    for m in range(z.shape[0]):
+        distances[m].addmm_(z[m], codebook[m].t(), alpha=-2.0)
+    return distances
 
 
 def assign_reference(

@@ -7,6 +7,8 @@ import itertools
 import torch
 import torch.nn.functional as F
 
+from .dta_accumulate import flat_rows
+
 CROSS_TARGETS = ("partner_code", "same_index")
 REDUCTIONS = ("mean", "sum")
 
@@ -35,9 +37,11 @@ def commitment_reference(
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     num_mod, num_frames, dim = z.shape
+    num_codes = codebook.shape[1]
     codebook = codebook.detach()
     if cross_target == "partner_code":
-        own_codes = codebook.gather(1, idx.unsqueeze(-1).expand(-1, -1, dim))  # [M, N, D] = E_m[k_m]
+        # E_m[k_m], [M, N, D]: one row gather from the flattened [M*K, D] table
+        own_codes = codebook.reshape(-1, dim).index_select(0, flat_rows(idx, num_codes)).view(num_mod, num_frames, dim)
         targets = [[own_codes[p] for p in range(num_mod)] for _ in range(num_mod)]  # [m][p] -> E_p[k_p]
     else:
         at_index = codebook[:, idx.reshape(-1)].view(num_mod, num_mod, num_frames, dim)  # [p, m] -> E_p[k_m]
