@@ -3,8 +3,9 @@
 fits the architecture's shared memory, the tf32/bf16/fp16 paths of assign and soft usage run on
 tensor-core MMA and the exact fp32 path never does. profiles/compiled.md is the same table.
 
-One module-scoped compilation of every variant, in one worker process per CPU core and a fresh
-Triton cache (nothing from an earlier run can hide a failure): about 3 minutes on 2 cores.
+One module-scoped compilation of every variant (186 today), in one worker process per CPU core and
+a fresh Triton cache (nothing from an earlier run can hide a failure): about 2.5 minutes on 2 idle
+cores, 4 to 5 on a loaded machine.
 """
 
 import pytest
