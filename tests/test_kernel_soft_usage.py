@@ -173,3 +173,32 @@ def test_bad_inputs_raise():
         soft_usage_triton(z, torch.randn(2, 4, 8), 5)
     with pytest.raises(TypeError, match="float32"):
         soft_usage_triton(z.double(), torch.randn(2, 4, 16), 5)
+
+
+@pytest.mark.parametrize("tier", ["few-frames", "many-frames-fma", "many-frames-mma"])
+def test_production_launch_settings_match_reference(tier, monkeypatch):
+    # The block sizes production launches with (both tiers; compiled in test_kernel_compiled.py),
+    # run here instead of the interpreter's own (under the interpreter: the tile logic and masks).
+    from codaar_kernels import soft_usage_triton as module
+
+    if DEVICE == "cpu":
+        monkeypatch.setattr(module, "interpreter_enabled", lambda: False)  # _configs: production settings
+    if tier != "few-frames":
+        monkeypatch.setattr(module, "MANY_FRAMES", 1)
+    fma = tier != "many-frames-mma"
+    g = torch.Generator().manual_seed(22)
+    M, N, K, D, T = 2, 70, 130, 40, 7
+    z = torch.randn(M, N, D, generator=g).to(DEVICE)
+    codebook = (0.5 * torch.randn(M, K, D, generator=g)).to(DEVICE)
+    weight = torch.randn(M, N // T, K, generator=g).to(DEVICE)
+    ref_p, ref_dz = _reference(z, codebook, T, weight)
+    if fma:
+        probs, dz, _, _ = _poisoned_forward_backward(z, codebook, T, weight)
+    else:  # the tensor-core tier is chosen for tf32 (fp32 under the interpreter)
+        probs, lse = soft_usage_forward(z, codebook, T, allow_tf32=True)[:2]
+        dz = soft_usage_backward(z, codebook, T, lse, weight, allow_tf32=True)
+    # tf32 on a GPU: ~1e-3 relative error in the distances, ~1e-2 in p and dz; exact fp32 otherwise
+    loose = not fma and DEVICE == "cuda"
+    torch.testing.assert_close(probs, ref_p, rtol=1e-2 if loose else 1e-5, atol=1e-4 if loose else 1e-6)
+    scale = ref_dz.abs().max().item()
+    torch.testing.assert_close(dz, ref_dz, rtol=5e-2 if loose else 1e-4, atol=(5e-2 if loose else 1e-5) * scale)
