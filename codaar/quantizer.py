@@ -60,7 +60,37 @@ class QuantizerOutput:
     tri_code: dict[str, torch.Tensor]  # [B, T, M*D]: what decoder m reconstructs from (Eq. 9 / spec §3.9)
     loss: torch.Tensor  # scalar: sum of the commitment losses + dqa_weight * CMCM
     losses: dict[str, torch.Tensor]  # "commit/<m>" and "dqa" (already weighted), scalars
-    metrics: dict[str, torch.Tensor]  # detached scalars: perplexity, codes used, index agreement, ...
+    # detached scalars: perplexity, codes used, index agreement, ...; a read-only mapping computed on
+    # first read (LazyMetrics), with the values of this call
+    metrics: Mapping[str, torch.Tensor]
+
+
+class LazyMetrics(Mapping):
+    """A call's metrics, computed on first read: a call whose metrics nobody reads (a benchmark, an
+    evaluation loop, a step not logged) does not pay for them. What they read from the quantizer's
+    state is taken at the call, so the values are those of the call whenever they are read."""
+
+    def __init__(self, compute) -> None:  # noqa: ANN001 (a zero-argument callable returning the dict)
+        self._compute, self._values = compute, None
+
+    def _get(self) -> dict[str, torch.Tensor]:
+        if self._values is None:
+            with torch.no_grad():
+                self._values = self._compute()
+            self._compute = None
+        return self._values
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._get()[key]
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __repr__(self) -> str:
+        return f"LazyMetrics({self._get()!r})"
 
 
 @dataclass
@@ -270,10 +300,8 @@ class CrossModalQuantizer(nn.Module):
         counts = None
         if update:
             counts, num_reset, skipped = self._update_state(z.detach(), idx)
-        metrics = self._metrics(idx.view(num_mod, batch, steps), counts)
-        if update:
-            metrics["codes_reset"] = num_reset
-            metrics["update_skipped"] = skipped
+        update_metrics = {"codes_reset": num_reset, "update_skipped": skipped} if update else {}
+        metrics = self._metrics(idx.view(num_mod, batch, steps), counts, update_metrics)
 
         names = self.modalities
         losses = {f"commit/{m}": commit[i] for i, m in enumerate(names)}
@@ -292,17 +320,20 @@ class CrossModalQuantizer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """quantized [M, N, D] and the decoders' code [M, N, M*D], both z + sg(code - z)."""
         num_mod, num_frames, dim = z.shape
-        codebook = codebook.detach()
-        quantized = z + (ops.own_codes(codebook, idx) - z).detach()
+        # rows[m, n] = the full row E[:, k_m[n]] (every modality's codeword at m's index), gathered
+        # once; m's own codeword E_m[k_m] is its m-th block (a view).
+        rows = ops.full_rows(codebook.detach(), idx)
+        own_codes = rows.view(num_mod, num_frames, num_mod, dim).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+        # z + sg(code - z), summed in place into the fresh difference (a + b == b + a, bit for bit)
+        quantized = (own_codes - z.detach()).add_(z)
         if self.config.decoder_code == "concat_codes":
             # Eq. 9: one tri-modal code, every modality's own quantized latent, for all decoders
             tri = quantized.permute(1, 0, 2).reshape(num_frames, num_mod * dim)
             return quantized, tri.unsqueeze(0).expand(num_mod, -1, -1)
-        # Authors: decoder m gets the full row E[k_m] (every modality's codeword at m's index), with
-        # the gradient going to all encoders through the concatenated latents.
+        # Authors: decoder m gets the full row E[k_m], with the gradient going to all encoders
+        # through the concatenated latents (in place: rows is a fresh gather nobody else reads).
         all_latents = z.permute(1, 0, 2).reshape(1, num_frames, num_mod * dim)
-        rows = ops.codes_at_indices(codebook, idx).permute(1, 2, 0, 3).reshape(num_mod, num_frames, num_mod * dim)
-        return quantized, all_latents + (rows - all_latents).detach()
+        return quantized, rows.sub_(all_latents.detach()).add_(all_latents)
 
     @torch.no_grad()
     def _update_state(self, z: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -322,9 +353,9 @@ class CrossModalQuantizer(nn.Module):
         sums, counts = ops.dta_accumulate(z, idx, cfg.num_codes, self_weight, cross_weight,
                                           deterministic=cfg.deterministic)
         self._all_reduce_statistics(sums, counts)
-        # `finite`: this rank's latents were. Any rank's non-finite sums (overflow too) make the
-        # all-reduced sums non-finite on every rank, so all skip together. As for the reset below: on the CPU the branch is free; on a GPU (or capturable) the update runs and
-        # is masked back to the state before it.
+        # A non-finite latent makes the (all-reduced) sums non-finite on every rank, so all skip
+        # together (overflow too). As for the reset below: on the CPU the branch is free; on a GPU
+        # (or capturable) the update runs and is masked back to the state before it.
         finite = torch.isfinite(z).all() & torch.isfinite(sums).all()
         host_branch = not self.capturable and self.codebook.device.type == "cpu"
         if host_branch and not bool(finite):
@@ -332,15 +363,11 @@ class CrossModalQuantizer(nn.Module):
             zero = torch.zeros((), dtype=torch.long)
             return torch.zeros_like(self.ema_count), zero, torch.ones((), dtype=self.ema_count.dtype)
         before = None if host_branch else [buffer.clone() for buffer in self._updated_state()]
-        # The count floor exists only in the eager reference: with the guard on, the update runs
-        # eagerly on every device (one elementwise pass over [M, K, D]; the other kernels still dispatch).
-        guard = {"count_floor": cfg.count_floor} if cfg.count_floor > 0 else {}
-        update_fn = ops.ema_csa_update_reference if guard else ops.ema_csa_update
-        dead, active = update_fn(
+        dead, active = ops.ema_csa_update(
             self.codebook, self.ema_sum, self.ema_count, self.unused_steps, sums, counts,
             decay=cfg.decay, eps=cfg.eps, laplace_smoothing=cfg.laplace_smoothing,
             csa_order=self._cascade, csa_persistent=cfg.csa_persistent,
-            dead_after=cfg.dead_after, active_window=cfg.active_window, **guard,
+            dead_after=cfg.dead_after, active_window=cfg.active_window, count_floor=cfg.count_floor,
         )
         self.last_used.copy_(torch.where(counts > 0, self.num_updates + 1, self.last_used))
         # On the CPU a branch costs nothing; the draws depend only on (seed, step), so skipping
@@ -391,33 +418,43 @@ class CrossModalQuantizer(nn.Module):
         return self._reset_rng
 
     @torch.no_grad()
-    def _metrics(self, idx: torch.Tensor, counts: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def _metrics(self, idx: torch.Tensor, counts: torch.Tensor | None,
+                 update_metrics: dict[str, torch.Tensor]) -> LazyMetrics:
         """Per-modality perplexity, codes used (batch / recent / dead), max |codeword|; per-pair index
-        agreement; authors' equal_num. All tensors: no host sync."""
-        num_mod = idx.shape[0]
-        if counts is None:
-            counts = ops.code_counts(idx.view(num_mod, -1), self.config.num_codes, self.codebook.dtype)
-        names = self.modalities
-        ppl = ops.perplexity(counts)
-        used = (counts > 0).sum(dim=1)
-        agreement = ops.index_agreement(idx.view(num_mod, -1))
+        agreement; authors' equal_num; with an update, codes reset and whether it was skipped. All
+        tensors: no host sync. The state they read (usage ages, codebook) is read now; the rest waits
+        for the first read."""
         cfg = self.config
+        num_mod = idx.shape[0]
         age = self.num_updates - self.last_used  # updates since m last chose k (meaningless if never)
         ever = self.last_used > 0
-        recent = (ever & (age < cfg.active_window)).sum(dim=1)
-        dead = (~ever | (age > cfg.dead_after)).sum(dim=1)
-        max_abs = self.codebook.detach().abs().amax(dim=(1, 2))
-        metrics = {}
-        for i, m in enumerate(names):
-            metrics[f"perplexity/{m}"] = ppl[i]
-            metrics[f"codes_used/{m}"] = used[i]  # in this batch
-            metrics[f"codes_recent/{m}"] = recent[i]  # chosen by m within the last active_window updates
-            metrics[f"codes_dead/{m}"] = dead[i]  # not chosen by m for more than dead_after updates, or never
-            metrics[f"max_abs_codeword/{m}"] = max_abs[i]  # largest |entry| of m's codebook, after the update
-        for i, j in itertools.combinations(range(num_mod), 2):
-            metrics[f"agreement/{names[i]}-{names[j]}"] = agreement[i, j]
-        metrics["equal_num"] = ops.mode_agreement_count(idx)
-        return metrics
+        codebook = self.codebook.detach()
+        max_abs = torch.maximum(codebook.amax(dim=(1, 2)), -codebook.amin(dim=(1, 2)))  # max |entry|, no |E| copy
+
+        def compute() -> dict[str, torch.Tensor]:
+            call_counts = counts
+            if call_counts is None:
+                call_counts = ops.code_counts(idx.view(num_mod, -1), cfg.num_codes, self.codebook.dtype)
+            names = self.modalities
+            ppl = ops.perplexity(call_counts)
+            used = (call_counts > 0).sum(dim=1)
+            agreement = ops.index_agreement(idx.view(num_mod, -1))
+            recent = (ever & (age < cfg.active_window)).sum(dim=1)
+            dead = (~ever | (age > cfg.dead_after)).sum(dim=1)
+            metrics = {}
+            for i, m in enumerate(names):
+                metrics[f"perplexity/{m}"] = ppl[i]
+                metrics[f"codes_used/{m}"] = used[i]  # in this batch
+                metrics[f"codes_recent/{m}"] = recent[i]  # chosen by m within the last active_window updates
+                metrics[f"codes_dead/{m}"] = dead[i]  # not chosen by m for more than dead_after updates, or never
+                metrics[f"max_abs_codeword/{m}"] = max_abs[i]  # largest |entry| of m's codebook, after the update
+            for i, j in itertools.combinations(range(num_mod), 2):
+                metrics[f"agreement/{names[i]}-{names[j]}"] = agreement[i, j]
+            metrics["equal_num"] = ops.mode_agreement_count(idx)
+            metrics.update(update_metrics)
+            return metrics
+
+        return LazyMetrics(compute)
 
     # ------------------------------------------------------------------------------- inference
     @torch.no_grad()

@@ -4,11 +4,13 @@ Each module holds one operation of a training step with its eager PyTorch refere
 (`<op>_reference`) and, beside it in `<op>_triton.py`, its Triton kernel; see the module
 docstrings for the equations. `assign`, `assign_with_soft_usage`, `dta_accumulate` and
 `ema_csa_update` dispatch between the two (see dispatch.py). Shapes use M modalities,
-N = B*T frames, K codes, D dims.
+N = B*T frames, K codes, D dims. utilities.py holds what every Triton launcher shares (where the
+kernels run, input checks, launches that can be recorded); ahead_of_time.py compiles every launch
+production makes for sm_80 and sm_90 without a GPU and reads what the compiler made of it.
 """
 
 from .assign import assign_reference, assign_with_soft_usage_reference, soft_usage_reference, squared_distances
-from .codes import codes_at_indices, own_codes
+from .codes import codes_at_indices, full_rows, own_codes
 from .dead_code_reset import reset_dead_codes_reference
 from .dispatch import (
     BACKENDS,
@@ -40,6 +42,7 @@ __all__ = [
     "cmcm_reference",
     "code_counts",
     "codes_at_indices",
+    "full_rows",
     "codebook_alignment",
     "commitment_reference",
     "csa_cascade_",

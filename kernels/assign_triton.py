@@ -1,53 +1,50 @@
-"""Nearest-code assignment (paper Eq. 3) as one fused Triton kernel.
+"""Nearest-code assignment (paper Eq. 3) as one fused Triton kernel, optionally with the softmax
+normaliser that DQA's soft usage needs from the same distance tiles.
 
 For every modality m and frame n (see `assign.py` for the eager reference):
 
-    d[m, n, k] = ||z[m, n]||^2 + ||E[m, k]||^2 - 2 z[m, n] . E[m, k]
+    d[m, n, k] = (||E[m, k]||^2 + ||z[m, n]||^2) - 2 z[m, n] . E[m, k]
     idx[m, n]  = argmin_k d[m, n, k]          (lowest index wins a tie, as torch.argmin)
     min_dist   = d[m, n, idx[m, n]]
+    lse[m, n]  = logsumexp_k -sqrt(max(d[m, n, k], 0))        (only when asked: `with_lse`)
 
-||z||^2 does not change the argmin, so the kernel ranks codes by
-
-    r[n, k] = ||E[k]||^2 - 2 z[n] . E[k]
-
-and adds ||z[n]||^2 to the winning value at the end, so `min_dist` is the squared distance
-the reference reports (up to fp32 rounding order).
+d keeps the reference's association (the norms are added first, as baddbmm's input, then 2 z.E is
+taken off) so that ties and near-ties are decided on the same rounded values as the reference's.
+The norms are one small torch reduction each per call, the same op as the reference.
 
 Kernel layout: one launch for all modalities, grid = (cdiv(N, BLOCK_N), M). A program owns
 BLOCK_N frames of one modality, walks the codebook in BLOCK_K tiles, computes each
-[BLOCK_N, BLOCK_K] tile of z . E^T with tl.dot (fp32 accumulation, D looped in BLOCK_D
-chunks with masks so any D works) and keeps a running (best value, best index) per frame.
-The [N, K] distance matrix never exists in memory: memory traffic is O(M*(N*D + K*D)) per
-BLOCK_N frames. Codebook squared norms are one small torch reduction per call.
+[BLOCK_N, BLOCK_K] tile of z . E^T with tl.dot (fp32 accumulation, D looped in BLOCK_D chunks) and
+keeps a running (best value, best index) per frame. The [N, K] distance matrix never exists in
+memory. With `with_lse` the same program also keeps an online log-sum-exp of the scores
+s = -sqrt(max(d, 0)); its running maximum is -sqrt(max(best value, 0)) (sqrt is monotone), so the
+argmin already provides it. That is the first of the two passes over E of DQA's forward
+(soft_usage_triton.py); assign alone and the fused pass are the same compiled kernel (`with_lse` is
+a run-time flag, not a specialisation) and share one autotuned configuration per shape, so the
+indices with DQA on and off agree bit for bit.
 
-Ties: inside a tile tl.min(..., return_indices_tie_break_left=True) returns the lowest
-column; across tiles the running best is replaced only on a strictly smaller value, so an
-earlier (lower-index) tile keeps a tie. Codes past K are masked to +inf so they never win.
+Ties: inside a tile the lowest column among those equal to the tile minimum wins; across tiles
+the running best is replaced only on a strictly smaller value, so an earlier (lower-index) tile
+keeps a tie. Codes past K are masked to +inf so they never win.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["assign_triton"]
+from .utilities import check_runs_here, check_tensor, interpreter_enabled, launch, require
 
-def _interpret() -> bool:
-    """True under the Triton interpreter (CPU, CI): there autotuning would time every config in
-    numpy, so one fixed config is used. TRITON_INTERPRET=1 must be set before this module is
-    imported anyway: triton.jit picks interpreter vs compiler when the kernels are decorated."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+__all__ = ["assign_triton", "autotune_configs"]
 
-_SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_LATENT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
 def _dot_tile(
     z_ptr, e_ptr, rows, row_ok, cols, col_ok, D,
-    DOT_FP32: tl.constexpr, PREC: tl.constexpr,
+    DOT_FP32: tl.constexpr, PREC: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """[BLOCK_N, BLOCK_K] tile of z . E^T for frames `rows` and codes `cols`, fp32 accumulation
@@ -55,10 +52,16 @@ def _dot_tile(
     offs_d = tl.arange(0, BLOCK_D)
     dot = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
-        d_ok = (d0 + offs_d) < D
-        # other=0 on both operands: padded dims / rows / codes contribute 0 to the dot.
-        a = tl.load(z_ptr + rows[:, None] * D + (d0 + offs_d)[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        b = tl.load(e_ptr + cols[None, :] * D + (d0 + offs_d)[:, None], mask=col_ok[None, :] & d_ok[:, None], other=0.0)
+        # other=0 on both operands: padded rows / codes (/ dims) contribute 0 to the dot.
+        if EVEN_D:  # D % BLOCK_D == 0: no dimension mask to carry
+            a_mask = row_ok[:, None]
+            b_mask = col_ok[None, :]
+        else:
+            d_ok = (d0 + offs_d) < D
+            a_mask = row_ok[:, None] & d_ok[None, :]
+            b_mask = col_ok[None, :] & d_ok[:, None]
+        a = tl.load(z_ptr + rows[:, None] * D + (d0 + offs_d)[None, :], mask=a_mask, other=0.0)
+        b = tl.load(e_ptr + cols[None, :] * D + (d0 + offs_d)[:, None], mask=b_mask, other=0.0)
         if DOT_FP32:
             # fp32 (or mixed-dtype) operands: upcast; PREC picks exact "ieee" or "tf32".
             dot = tl.dot(a.to(tl.float32), b.to(tl.float32), dot, input_precision=PREC)
@@ -69,20 +72,49 @@ def _dot_tile(
 
 
 @triton.jit
+def _distance_tile(
+    z_ptr, e_ptr, esq_ptr, zsq, rows, row_ok, cols, col_ok, D,
+    DOT_FP32: tl.constexpr, PREC: tl.constexpr, EVEN_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Squared distances [BLOCK_N, BLOCK_K], (||E||^2 + ||z||^2) - 2 z.E as the reference; +inf past K."""
+    dot = _dot_tile(z_ptr, e_ptr, rows, row_ok, cols, col_ok, D, DOT_FP32, PREC, EVEN_D, BLOCK_N, BLOCK_K, BLOCK_D)
+    # other=0: the masked columns are overwritten just below.
+    esq = tl.load(esq_ptr + cols, mask=col_ok, other=0.0)
+    d = (esq[None, :] + zsq[:, None]) - 2.0 * dot
+    return tl.where(col_ok[None, :], d, float("inf"))
+
+
+@triton.jit
+def _argmin_update(best_val, best_idx, d, cols):
+    """Fold a distance tile into the running (minimum, index) per row: lowest column on a tie
+    inside the tile, the earlier tile on a tie across tiles (strictly smaller replaces)."""
+    tile_min = tl.min(d, axis=1)
+    # Two plain reductions instead of one (value, index) reduction: no index tile is carried.
+    tile_arg = tl.min(tl.where(d == tile_min[:, None], cols[None, :], 2147483647), axis=1)
+    better = tile_min < best_val
+    return tl.where(better, tile_min, best_val), tl.where(better, tile_arg, best_idx)
+
+
+@triton.jit(do_not_specialize=["WITH_LSE"])
 def _assign_kernel(
     z_ptr,  # [M, N, D] contiguous, fp32/bf16/fp16
     e_ptr,  # [M, K, D] contiguous
     esq_ptr,  # [M, K] fp32 codebook squared norms
+    zsq_ptr,  # [M, N] fp32 frame squared norms
     idx_ptr,  # [M, N] int64 out
     dist_ptr,  # [M, N] fp32 out
+    lse_ptr,  # [M, N] fp32 out when WITH_LSE (else never touched)
     N,
     K,
     D,
+    WITH_LSE,  # run-time flag: one binary (and one autotuned config) for assign alone and DQA's pass
     N_BUCKET,  # autotune keys only (bucketed sizes); unused in the body
     K_BUCKET,
     D_BUCKET,
     DOT_FP32: tl.constexpr,
     PREC: tl.constexpr,
+    EVEN_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -93,41 +125,39 @@ def _assign_kernel(
     z_ptr += pid_m * N * D
     e_ptr += pid_m * K * D
     esq_ptr += pid_m * K
+    zsq_ptr += pid_m * N
     idx_ptr += pid_m * N
     dist_ptr += pid_m * N
+    lse_ptr += pid_m * N
 
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     offs_k = tl.arange(0, BLOCK_K)
-    offs_d = tl.arange(0, BLOCK_D)
-
-    # ||z||^2 only shifts every rank of a frame equally; it is added to the winner at the end.
-    zsq = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        d_ok = (d0 + offs_d) < D
-        # other=0: padded rows/dims add nothing to the sum.
-        zt = tl.load(
-            z_ptr + rows[:, None] * D + (d0 + offs_d)[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0
-        ).to(tl.float32)
-        zsq += tl.sum(zt * zt, axis=1)
+    # other=0: padded rows get finite garbage that is never stored.
+    zsq = tl.load(zsq_ptr + rows, mask=row_ok, other=0.0)
 
     best_val = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
     best_idx = tl.zeros([BLOCK_N], dtype=tl.int32)
+    # Online logsumexp of s = -sqrt(max(d, 0)). Every K tile holds a real code, so the running
+    # maximum is finite after the first tile and exp(-inf - finite) = 0 rescales the empty sum.
+    run_max = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+    run_sum = tl.zeros([BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + offs_k
         col_ok = cols < K
-        dot = _dot_tile(z_ptr, e_ptr, rows, row_ok, cols, col_ok, D, DOT_FP32, PREC, BLOCK_N, BLOCK_K, BLOCK_D)
-        # other=+inf: a code past K gets rank inf - 2*0 = inf and can never be the minimum.
-        esq = tl.load(esq_ptr + cols, mask=col_ok, other=float("inf"))
-        rank = esq[None, :] - 2.0 * dot
-        tile_min, tile_arg = tl.min(rank, axis=1, return_indices=True, return_indices_tie_break_left=True)
-        # strictly smaller only: on a tie the earlier tile (lower code index) keeps the frame.
-        better = tile_min < best_val
-        best_idx = tl.where(better, tile_arg + k0, best_idx)
-        best_val = tl.where(better, tile_min, best_val)
+        d = _distance_tile(z_ptr, e_ptr, esq_ptr, zsq, rows, row_ok, cols, col_ok, D,
+                           DOT_FP32, PREC, EVEN_D, BLOCK_N, BLOCK_K, BLOCK_D)
+        best_val, best_idx = _argmin_update(best_val, best_idx, d, cols)
+        if WITH_LSE != 0:
+            new_max = -tl.sqrt(tl.maximum(best_val, 0.0))  # = max_k s over the tiles so far
+            s = -tl.sqrt(tl.maximum(d, 0.0))
+            run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(s - new_max[:, None]), axis=1)
+            run_max = new_max
 
     tl.store(idx_ptr + rows, best_idx.to(tl.int64), mask=row_ok)
-    tl.store(dist_ptr + rows, best_val + zsq, mask=row_ok)
+    tl.store(dist_ptr + rows, best_val, mask=row_ok)
+    if WITH_LSE != 0:
+        tl.store(lse_ptr + rows, run_max + tl.log(run_sum), mask=row_ok)
 
 
 def _bucket(x: int) -> int:
@@ -135,56 +165,106 @@ def _bucket(x: int) -> int:
     return triton.next_power_of_2(max(int(x), 1))
 
 
-_GPU_CONFIGS = [
-    triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_N": 128, "BLOCK_K": 64, "BLOCK_D": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_N": 64, "BLOCK_K": 128, "BLOCK_D": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_D": 64}, num_warps=4, num_stages=2),
-    # small-N shapes (paper: N=800 per modality) need more programs than SMs.
-    triton.Config({"BLOCK_N": 32, "BLOCK_K": 64, "BLOCK_D": 32}, num_warps=2, num_stages=3),
-    triton.Config({"BLOCK_N": 16, "BLOCK_K": 128, "BLOCK_D": 32}, num_warps=4, num_stages=3),
+# The configurations the autotuner may pick, (BLOCK_N, BLOCK_K, BLOCK_D, num_warps, num_stages). None
+# spills on sm_80 or sm_90 on the paths it serves (profiles/compiled.md, checked in CI). The exact fp32
+# path runs tl.dot on FMA units: its operand tiles live in registers, so it wants small BLOCK_D and
+# more warps per tile than the tensor-core paths.
+_FMA_CONFIGS = [
+    (16, 64, 32, 4, 3),
+    (16, 128, 16, 4, 2),
+    (32, 64, 32, 8, 3),
+    (32, 128, 32, 8, 3),
+    (64, 64, 32, 8, 3),
+    (64, 128, 16, 8, 2),
 ]
-_INTERPRET_CONFIG = {"BLOCK_N": 64, "BLOCK_K": 128, "BLOCK_D": 64}
-
-_assign_kernel_tuned = triton.autotune(
-    configs=_GPU_CONFIGS, key=["N_BUCKET", "K_BUCKET", "D_BUCKET", "DOT_FP32", "PREC"]
-)(_assign_kernel)
-
-
-def _check_pair(z: torch.Tensor, codebook: torch.Tensor, name: str) -> None:
-    """Shape/dtype/device checks shared by the Triton launchers (clear messages, no silent casts)."""
-    if z.dim() != 3 or codebook.dim() != 3:
-        raise ValueError(
-            f"{name}: expected z [M, N, D] and codebook [M, K, D], got {tuple(z.shape)} and {tuple(codebook.shape)}"
-        )
-    if z.shape[0] != codebook.shape[0] or z.shape[2] != codebook.shape[2]:
-        raise ValueError(
-            f"{name}: z {tuple(z.shape)} and codebook {tuple(codebook.shape)} disagree on M or D"
-        )
-    if codebook.shape[1] < 1 or z.shape[2] < 1:
-        raise ValueError(f"{name}: need K >= 1 codes and D >= 1 dims, got codebook {tuple(codebook.shape)}")
-    for t, what in ((z, "z"), (codebook, "codebook")):
-        if t.dtype not in _SUPPORTED_DTYPES:
-            raise TypeError(f"{name}: {what} must be float32, bfloat16 or float16, got {t.dtype}")
-    if z.device != codebook.device:
-        raise ValueError(f"{name}: z is on {z.device} but codebook is on {codebook.device}")
-    if z.device.type != "cuda" and not _interpret():
-        raise RuntimeError(
-            f"{name}: Triton kernels need CUDA tensors (got {z.device}); set TRITON_INTERPRET=1 to run on CPU"
-        )
-    num_mod, num_frames, dim = z.shape
-    num_codes = codebook.shape[1]
-    if max(num_frames * dim, num_codes * dim) >= 2**31:
-        raise ValueError(f"{name}: one modality's N*D or K*D exceeds int32 indexing ({tuple(z.shape)})")
+_MMA_CONFIGS = [  # tf32, bf16, fp16
+    (16, 64, 32, 4, 3),  # small-N shapes (paper: N = 800 per modality) need more programs than SMs
+    (16, 128, 32, 4, 3),
+    (32, 64, 32, 4, 3),
+    (64, 64, 32, 4, 3),  # from BLOCK_N = 64 with 4 warps per 64 rows: wgmma on sm_90
+    (64, 64, 64, 4, 2),
+    (64, 128, 32, 4, 3),
+    (128, 64, 32, 8, 4),
+    (128, 128, 32, 8, 3),
+]
+# Removed from the list this kernel started with (compiled for sm_80 / sm_90, profiles/compiled.md):
+#   (128, 128, 32, 8, 3) on the fp32 path: spills on both (0.4 KB / 0.1 KB of stores);
+#   (128, 64, 64, 4, 3): spills on both on the fp32 path, on sm_80 with tf32 (and 147 KB of shared
+#     memory on sm_90: one block per SM);
+#   (64, 128, 32, 4, 3) and (64, 64, 64, 4, 2) on the fp32 path: spill on sm_80 (and the former on sm_90);
+#   (32, 64, 32, 2, 3): tf32 spills on sm_90, the fp32 path runs at 254 registers on sm_80.
+_INTERPRET_CONFIG = dict(BLOCK_N=64, BLOCK_K=128, BLOCK_D=64)
 
 
-def _dot_mode(z: torch.Tensor, codebook: torch.Tensor, allow_tf32: bool) -> tuple[bool, str]:
+def autotune_configs(fma: bool | None = None) -> list[triton.Config]:
+    """The configs the autotuner may pick: for the exact fp32 path (`fma`), the tensor-core paths, or both."""
+    chosen = {True: _FMA_CONFIGS, False: _MMA_CONFIGS, None: _FMA_CONFIGS + _MMA_CONFIGS}[fma]
+    return [triton.Config(dict(BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd), num_warps=w, num_stages=s)
+            for bn, bk, bd, w, s in dict.fromkeys(chosen)]
+
+
+# One autotuner per family over the same kernel; each keys its choice by size class and dtype path.
+_KEYS = ["N_BUCKET", "K_BUCKET", "D_BUCKET", "DOT_FP32", "PREC"]
+_assign_kernel_tuned = {fma: triton.autotune(configs=autotune_configs(fma), key=_KEYS)(_assign_kernel)
+                        for fma in (True, False)}
+
+
+def check_pair(z: torch.Tensor, codebook: torch.Tensor, where: str) -> None:
+    """Shape/dtype/device checks shared by the distance-tile launchers (no silent casts)."""
+    require(z.dim() == 3 and codebook.dim() == 3, where,
+            f"expected z [M, N, D] and codebook [M, K, D], got {tuple(z.shape)} and {tuple(codebook.shape)}")
+    require(z.shape[0] == codebook.shape[0] and z.shape[2] == codebook.shape[2], where,
+            f"z {tuple(z.shape)} and codebook {tuple(codebook.shape)} disagree on M or D")
+    require(codebook.shape[1] >= 1 and z.shape[2] >= 1, where,
+            f"need K >= 1 codes and D >= 1 dims, got codebook {tuple(codebook.shape)}")
+    check_tensor(z, where, "z", dtypes=_LATENT_DTYPES)
+    check_tensor(codebook, where, "codebook", dtypes=_LATENT_DTYPES, device=z.device)
+    check_runs_here(z, where)
+    num_frames, dim = z.shape[1:]
+    require(max(num_frames * dim, codebook.shape[1] * dim) < 2**31, where,
+            f"one modality's N*D or K*D exceeds int32 indexing ({tuple(z.shape)})")
+
+
+def squared_norms(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(||z||^2 [M, N], ||E||^2 [M, K]) in fp32, once per call, the same op as the reference."""
+    z32, cb32 = z.float(), codebook.float()
+    return (z32 * z32).sum(-1).contiguous(), (cb32 * cb32).sum(-1).contiguous()
+
+
+def dot_mode(z: torch.Tensor, codebook: torch.Tensor, allow_tf32: bool) -> tuple[bool, str]:
     """(DOT_FP32, PREC): native half-precision dot only when both operands share that dtype."""
     native = z.dtype == codebook.dtype and z.dtype in (torch.bfloat16, torch.float16)
     # The Triton 3.x interpreter computes a native bf16 x bf16 tl.dot wrongly (raw bit patterns);
     # upcasting gives the same exact-product fp32 result, so the interpreter always upcasts.
-    native = native and not _interpret()
+    native = native and not interpreter_enabled()
     return (not native), ("tf32" if allow_tf32 else "ieee")
+
+
+def launch_assign(
+    z: torch.Tensor, codebook: torch.Tensor, frame_sq: torch.Tensor, code_sq: torch.Tensor,
+    idx: torch.Tensor, min_dist: torch.Tensor, lse: torch.Tensor | None, allow_tf32: bool,
+) -> None:
+    """The assign kernel on checked, contiguous inputs; `lse` given: also the log-sum-exp pass."""
+    num_mod, num_frames, dim = z.shape
+    num_codes = codebook.shape[1]
+    dot_fp32, prec = dot_mode(z, codebook, allow_tf32)
+    args = (z, codebook, code_sq, frame_sq, idx, min_dist, min_dist if lse is None else lse,
+            num_frames, num_codes, dim, int(lse is not None))
+    keys = dict(N_BUCKET=_bucket(num_frames), K_BUCKET=_bucket(num_codes), D_BUCKET=_bucket(dim))
+    flops = 2 * num_mod * num_frames * num_codes * dim  # one pass of z . E^T
+    if interpreter_enabled():
+        # numpy would time every autotune config: one fixed config under the interpreter.
+        cfg = _INTERPRET_CONFIG
+        grid = (triton.cdiv(num_frames, cfg["BLOCK_N"]), num_mod)
+        launch(_assign_kernel, grid, *args, **keys, DOT_FP32=dot_fp32, PREC=prec,
+               EVEN_D=dim % cfg["BLOCK_D"] == 0, flops=flops, **cfg)
+    else:
+        # EVEN_D is a specialisation fixed before the autotuner picks: only when every config's
+        # BLOCK_D divides D (D = 256 in the paper) do the D masks go.
+        tuner = _assign_kernel_tuned[dot_fp32 and prec == "ieee"]
+        even_d = all(dim % c.kwargs["BLOCK_D"] == 0 for c in tuner.configs)
+        grid = lambda meta: (triton.cdiv(num_frames, meta["BLOCK_N"]), num_mod)  # noqa: E731
+        launch(tuner, grid, *args, **keys, DOT_FP32=dot_fp32, PREC=prec, EVEN_D=even_d, flops=flops)
 
 
 def assign_triton(
@@ -202,35 +282,22 @@ def assign_triton(
     in the ranking). out: optional preallocated (idx, min_dist) to write into.
     No gradient flows (inputs are detached).
     """
-    _check_pair(z, codebook, "assign_triton")
+    where = "assign_triton"
+    check_pair(z, codebook, where)
     num_mod, num_frames, dim = z.shape
-    num_codes = codebook.shape[1]
     z = z.detach().contiguous()
     codebook = codebook.detach().contiguous()
-
     if out is None:
         idx = torch.empty((num_mod, num_frames), dtype=torch.int64, device=z.device)
         min_dist = torch.empty((num_mod, num_frames), dtype=torch.float32, device=z.device)
     else:
         idx, min_dist = out
-        if idx.shape != (num_mod, num_frames) or idx.dtype != torch.int64 or not idx.is_contiguous():
-            raise ValueError(f"assign_triton: out idx must be contiguous int64 [{num_mod}, {num_frames}]")
-        if min_dist.shape != (num_mod, num_frames) or min_dist.dtype != torch.float32 or not min_dist.is_contiguous():
-            raise ValueError(f"assign_triton: out min_dist must be contiguous float32 [{num_mod}, {num_frames}]")
+        shape = (num_mod, num_frames)
+        check_tensor(idx, where, "out idx", shape=shape, dtypes=(torch.int64,), device=z.device, contiguous=True)
+        check_tensor(min_dist, where, "out min_dist", shape=shape, dtypes=(torch.float32,), device=z.device,
+                     contiguous=True)
     if num_frames == 0:
         return idx, min_dist
-
-    # Once per call, fp32 (same op as the reference so the ranks share ||E||^2 bit for bit).
-    cb32 = codebook.float()
-    code_sq = (cb32 * cb32).sum(-1).contiguous()
-    dot_fp32, prec = _dot_mode(z, codebook, allow_tf32)
-    args = (z, codebook, code_sq, idx, min_dist, num_frames, num_codes, dim)
-    keys = dict(N_BUCKET=_bucket(num_frames), K_BUCKET=_bucket(num_codes), D_BUCKET=_bucket(dim))
-    if _interpret():
-        cfg = _INTERPRET_CONFIG
-        grid = (triton.cdiv(num_frames, cfg["BLOCK_N"]), num_mod)
-        _assign_kernel[grid](*args, **keys, DOT_FP32=dot_fp32, PREC=prec, **cfg)
-    else:
-        grid = lambda meta: (triton.cdiv(num_frames, meta["BLOCK_N"]), num_mod)  # noqa: E731
-        _assign_kernel_tuned[grid](*args, **keys, DOT_FP32=dot_fp32, PREC=prec)
+    frame_sq, code_sq = squared_norms(z, codebook)
+    launch_assign(z, codebook, frame_sq, code_sq, idx, min_dist, None, allow_tf32)
     return idx, min_dist

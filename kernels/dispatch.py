@@ -22,6 +22,7 @@ import torch
 from .assign import assign_reference, assign_with_soft_usage_reference
 from .dta_accumulate import dta_accumulate_reference
 from .ema_csa_update import ema_csa_update_reference
+from .utilities import interpreter_enabled
 
 BACKENDS = ("auto", "eager", "triton")
 _TRITON_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
@@ -49,10 +50,6 @@ def use_backend(name: str) -> Iterator[None]:
         yield
     finally:
         set_backend(previous)
-
-
-def interpreter_enabled() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _triton(module: str):
@@ -92,12 +89,11 @@ def assign(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch
 def assign_with_soft_usage(
     z: torch.Tensor, codebook: torch.Tensor, frames_per_sample: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Assignment plus DQA's per-sample soft usage [M, B, K] (differentiable w.r.t. z)."""
+    """Assignment plus DQA's per-sample soft usage [M, B, K] (differentiable w.r.t. z).
+
+    Triton: two passes over the codebook, the first of which is the assignment (soft_usage_triton.py)."""
     if use_triton(z, codebook):
-        z = _finite(z)
-        idx, min_dist = _triton("assign_triton").assign_triton(z, codebook)
-        usage = _triton("soft_usage_triton").soft_usage_triton(z, codebook, frames_per_sample)
-        return idx, min_dist, usage
+        return _triton("soft_usage_triton").assign_with_soft_usage_triton(_finite(z), codebook, frames_per_sample)
     return assign_with_soft_usage_reference(z, codebook, frames_per_sample)
 
 
@@ -112,8 +108,29 @@ def dta_accumulate(
     return dta_accumulate_reference(z, idx, num_codes, self_weight, cross_weight)
 
 
-def ema_csa_update(codebook: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """EMA + Laplace smoothing + E = W / C + CSA + dead-code counters, in place (see ema_csa_update.py)."""
+def ema_csa_update(
+    codebook: torch.Tensor,
+    ema_sum: torch.Tensor,
+    ema_count: torch.Tensor,
+    unused_steps: torch.Tensor,
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+    *,
+    decay: float,
+    eps: float,
+    laplace_smoothing: bool,
+    csa_order: Sequence[int] | None,
+    csa_persistent: bool,
+    dead_after: int,
+    active_window: int,
+    count_floor: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """EMA + Laplace smoothing + count floor + E = W / C + CSA + dead-code counters, in place, any
+    number of modalities (see ema_csa_update.py); returns the (dead, active) masks [K]."""
+    args = (codebook, ema_sum, ema_count, unused_steps, sums, counts)
+    settings = dict(decay=decay, eps=eps, laplace_smoothing=laplace_smoothing, csa_order=csa_order,
+                    csa_persistent=csa_persistent, dead_after=dead_after, active_window=active_window,
+                    count_floor=count_floor)
     if use_triton(codebook, state_dtypes=(torch.float32, torch.float64)):
-        return _triton("ema_csa_update_triton").ema_csa_update_triton(codebook, *args, **kwargs)
-    return ema_csa_update_reference(codebook, *args, **kwargs)
+        return _triton("ema_csa_update_triton").ema_csa_update_triton(*args, **settings)
+    return ema_csa_update_reference(*args, **settings)

@@ -23,13 +23,19 @@ def dta_mixed_latents(z: torch.Tensor, self_weight: float, cross_weight: float) 
     # self*z_m + cross*sum_{p != m} z_p = (self - cross)*z_m + cross*sum_p z_p
     if cross_weight == 0:
         return self_weight * z
-    return (self_weight - cross_weight) * z + cross_weight * z.sum(dim=0, keepdim=True)
+    # summed in place into the fresh product: the same two roundings and sum, one [M, N, D] buffer
+    return ((self_weight - cross_weight) * z).add_(cross_weight * z.sum(dim=0, keepdim=True))
+
+
+def flat_rows(idx: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """idx [M, N] -> [M*N]: the row m*K + idx[m, n] of a per-modality table flattened to [M*K, ...]."""
+    return (idx + num_codes * torch.arange(idx.shape[0], device=idx.device).unsqueeze(1)).reshape(-1)
 
 
 def code_counts(idx: torch.Tensor, num_codes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """How many frames chose each code, per modality: idx [M, N] -> [M, K] (one index_add, no host sync)."""
     num_mod = idx.shape[0]
-    rows = (idx + num_codes * torch.arange(num_mod, device=idx.device).unsqueeze(1)).reshape(-1)
+    rows = flat_rows(idx, num_codes)
     counts = torch.zeros(num_mod * num_codes, dtype=torch.long, device=idx.device)  # exact, then cast
     return counts.index_add_(0, rows, torch.ones_like(rows)).to(dtype).view(num_mod, num_codes)
 
@@ -39,7 +45,7 @@ def dta_accumulate_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     num_mod, num_frames, dim = z.shape
     mixed = dta_mixed_latents(z, self_weight, cross_weight)
-    rows = (idx + num_codes * torch.arange(num_mod, device=idx.device).unsqueeze(1)).reshape(-1)
+    rows = flat_rows(idx, num_codes)
     sums = torch.zeros(num_mod * num_codes, dim, dtype=z.dtype, device=z.device)
     sums.index_add_(0, rows, mixed.reshape(-1, dim))
     return sums.view(num_mod, num_codes, dim), code_counts(idx, num_codes, z.dtype)

@@ -36,6 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .utilities import check_runs_here, check_tensor, launch, require
+
 _LATENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -144,14 +146,11 @@ def _dta_accumulate_sorted_kernel(
         tl.store(counts_ptr + out_rows, (seg_hi - seg_lo).to(tl.float32), mask=mask_c)
 
 
-def _check_out(out: torch.Tensor | None, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+def _output(out: torch.Tensor | None, name: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     if out is None:
         return torch.empty(shape, dtype=torch.float32, device=device)
-    if tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != device or not out.is_contiguous():
-        raise ValueError(
-            f"dta_accumulate_triton: {name} must be a contiguous float32 tensor of shape {shape} on {device}, "
-            f"got {out.dtype} {tuple(out.shape)} on {out.device} (contiguous={out.is_contiguous()})"
-        )
+    check_tensor(out, "dta_accumulate_triton", name, shape=shape, dtypes=(torch.float32,), device=device,
+                 contiguous=True)
     return out
 
 
@@ -171,22 +170,17 @@ def dta_accumulate_triton(
     Every element of the outputs is written (zero for codes no frame chose). `out_sums` /
     `out_counts` may be given to write into preallocated buffers.
     """
-    if z.dim() != 3:
-        raise ValueError(f"dta_accumulate_triton: z must be [M, N, D], got shape {tuple(z.shape)}")
+    where = "dta_accumulate_triton"
+    require(z.dim() == 3, where, f"z must be [M, N, D], got shape {tuple(z.shape)}")
     num_mod, num_frames, dim = z.shape
-    if z.dtype not in _LATENT_DTYPES:
-        raise TypeError(f"dta_accumulate_triton: z must be float32, float16 or bfloat16, got {z.dtype}")
-    if idx.shape != (num_mod, num_frames):
-        raise ValueError(f"dta_accumulate_triton: idx must be [M, N] = {(num_mod, num_frames)}, got {tuple(idx.shape)}")
-    if idx.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"dta_accumulate_triton: idx must be int32 or int64, got {idx.dtype}")
-    if idx.device != z.device:
-        raise ValueError(f"dta_accumulate_triton: z on {z.device} but idx on {idx.device}")
-    if num_mod < 1 or num_codes < 1 or dim < 1:
-        raise ValueError(f"dta_accumulate_triton: need M, K, D >= 1, got M={num_mod}, K={num_codes}, D={dim}")
+    check_tensor(z, where, "z", dtypes=_LATENT_DTYPES)
+    check_tensor(idx, where, "idx", shape=(num_mod, num_frames), dtypes=(torch.int32, torch.int64), device=z.device)
+    require(num_mod >= 1 and num_codes >= 1 and dim >= 1, where,
+            f"need M, K, D >= 1, got M={num_mod}, K={num_codes}, D={dim}")
+    check_runs_here(z, where)
     num_codes = int(num_codes)
-    sums = _check_out(out_sums, "out_sums", (num_mod, num_codes, dim), z.device)
-    counts = _check_out(out_counts, "out_counts", (num_mod, num_codes), z.device)
+    sums = _output(out_sums, "out_sums", (num_mod, num_codes, dim), z.device)
+    counts = _output(out_counts, "out_counts", (num_mod, num_codes), z.device)
 
     a = float(self_weight) - float(cross_weight)
     b = float(cross_weight)
@@ -208,7 +202,8 @@ def dta_accumulate_triton(
         # addresses are what costs registers here).
         block_n = 2048 // block_d
         grid = (triton.cdiv(num_frames, block_n), triton.cdiv(dim, block_d))
-        _dta_accumulate_kernel[grid](
+        launch(
+            _dta_accumulate_kernel, grid,
             z, idx, sums, counts,
             num_frames, num_codes, dim,
             z.stride(0), z.stride(1), z.stride(2), idx.stride(0), idx.stride(1),
@@ -231,7 +226,8 @@ def dta_accumulate_triton(
     block_c, block_n = 16, 16
     # the [BLOCK_C, BLOCK_N, BLOCK_D] select tile must stay in registers (~100 regs on sm_90)
     grid = (num_mod * triton.cdiv(num_codes, block_c), triton.cdiv(dim, block_d))
-    _dta_accumulate_sorted_kernel[grid](
+    launch(
+        _dta_accumulate_sorted_kernel, grid,
         z, sorted_rows, perm, bounds, sums, counts,
         num_frames, num_codes, dim,
         z.stride(0), z.stride(1), z.stride(2),

@@ -18,7 +18,7 @@ In the authors' code CSA moves only the lookup codebook E, never W or C, so it i
 W and C every step (`csa_persistent=False`); with `csa_persistent=True` W is rewritten so that the
 moved codewords are what the EMA continues from, as the paper's text implies.
 
-Count floor (`count_floor` > 0; a deviation from the authors' code, off by default, eager only):
+Count floor (`count_floor` > 0; a deviation from the authors' code, off by default; Triton too):
 a codeword whose EMA count C' falls below the floor after the EMA is held at its previous pre-CSA
 value A instead of being divided by ~eps (the authors' first-step explosion of unchosen codes):
 
@@ -77,7 +77,7 @@ def ema_csa_update_reference(
     if laplace_smoothing:
         total = ema_count.sum(dim=1, keepdim=True)
         ema_count.copy_((ema_count + eps) / (total + num_codes * eps) * total)
-    ema_sum.copy_(decay * ema_sum + (1 - decay) * sums)
+    ema_sum.mul_(decay).add_((1 - decay) * sums)  # = decay * W + (1 - decay) * H, without a [M, K, D] temporary
     if count_floor > 0:
         low = ema_count < count_floor
         ema_count.masked_fill_(low, count_floor)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import torch
+import torch.nn.functional as F
 
 from .codes import codes_at_indices, own_codes
 
@@ -38,14 +39,18 @@ def commitment_reference(
     num_mod, num_frames, dim = z.shape
     codebook = codebook.detach()
     if cross_target == "partner_code":
-        targets = own_codes(codebook, idx).unsqueeze(0).expand(num_mod, -1, -1, -1)  # [m, p] -> E_p[k_p]
+        own = own_codes(codebook, idx)  # E_m[k_m], [M, N, D]
+        targets = [[own[p] for p in range(num_mod)] for _ in range(num_mod)]  # [m][p] -> E_p[k_p]
     else:
-        targets = codes_at_indices(codebook, idx).transpose(0, 1)  # [m, p] -> E_p[k_m]
-    sq_err = (z.unsqueeze(1) - targets).pow(2)  # [m, p, N, D]
-    if reduction == "mean":
-        per_target = sq_err.mean(dim=(2, 3))
-    else:
-        per_target = sq_err.sum(dim=(2, 3)) / (num_frames // frames_per_sample)
+        at_index = codes_at_indices(codebook, idx)  # [p, m] -> E_p[k_m]
+        targets = [[at_index[p, m] for p in range(num_mod)] for m in range(num_mod)]
+    # one fused squared error per (m, p) pair: no [M, M, N, D] temporaries
+    per_target = torch.stack([
+        torch.stack([F.mse_loss(z[m], targets[m][p], reduction=reduction) for p in range(num_mod)])
+        for m in range(num_mod)
+    ])
+    if reduction == "sum":
+        per_target = per_target / (num_frames // frames_per_sample)
     weights = torch.full((num_mod, num_mod), cross_weight, dtype=z.dtype, device=z.device)
     weights.fill_diagonal_(self_weight)
     return (weights * per_target).sum(dim=1)

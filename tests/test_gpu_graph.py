@@ -19,7 +19,7 @@ from codaar.train.graph_step import GraphedTrainStep
 from codaar.train.loop import Trainer
 from test_train import TINY
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.gpu  # skipped without a CUDA device (conftest.py)
 CUDA = ProcessGroup(device=torch.device("cuda"))
 
 

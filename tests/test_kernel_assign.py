@@ -1,18 +1,14 @@
-"""assign_triton vs assign_reference (runs on CPU through the Triton interpreter in CI)."""
-
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede any triton import
+"""assign_triton vs assign_reference: compiled on a GPU, under the Triton interpreter on the CPU
+(tests/conftest.py decides which)."""
 
 import pytest
 import torch
 
 from codaar_kernels.assign import assign_reference, squared_distances
 from codaar_kernels.assign_triton import assign_triton
+from codaar_kernels.utilities import triton_device
 
-DEVICE = "cuda" if os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+DEVICE = triton_device()
 
 
 def _run_poisoned(z, codebook, **kw):
@@ -164,5 +160,22 @@ def test_bad_inputs_raise():
         assign_triton(z.double(), torch.randn(2, 4, 16))
     with pytest.raises(ValueError, match="K >= 1"):
         assign_triton(z, torch.randn(2, 0, 16))
-    with pytest.raises(ValueError, match="out idx"):
+    with pytest.raises(TypeError, match="out idx must be int64"):
         assign_triton(z, torch.randn(2, 4, 16), out=(torch.empty(2, 5, dtype=torch.int32), torch.empty(2, 5)))
+
+
+@pytest.mark.parametrize("fma", [True, False], ids=["fma-configs", "mma-configs"])
+def test_every_autotune_config_matches_reference(fma, monkeypatch):
+    # The configs production autotunes over (compiled in test_kernel_compiled.py), each run here on
+    # its own (under the interpreter: the tile logic and masks, whatever the block sizes); D = 64
+    # divides every BLOCK_D (no D mask), D = 40 does not.
+    from codaar_kernels import assign_triton as module
+
+    g = torch.Generator().manual_seed(21)
+    for config in module.autotune_configs(fma):
+        monkeypatch.setattr(module, "_INTERPRET_CONFIG", dict(config.kwargs))
+        for dim in (64, 40):
+            z = torch.randn(2, 50, dim, generator=g).to(DEVICE)
+            codebook = torch.randn(2, 70, dim, generator=g).to(DEVICE)
+            idx, dist = _run_poisoned(z, codebook, allow_tf32=not fma)
+            _check_near_optimal(z, codebook, idx, dist, rel_tol=2e-6 if fma else 5e-3)

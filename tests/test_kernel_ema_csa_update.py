@@ -1,23 +1,20 @@
-"""Triton EMA + CSA + dead-code counter update against the eager reference (in place, all buffers).
-
-Runs under the Triton interpreter on the CPU (TRITON_INTERPRET=1, set before triton is imported);
-on a CUDA machine with TRITON_INTERPRET=0 the same tests run on the GPU.
+"""Triton EMA + count floor + CSA + dead-code counter update against the eager reference (in place,
+all buffers), for 1 to 5 modalities. Compiled on a GPU, under the Triton interpreter on the CPU
+(tests/conftest.py decides which).
 """
 
-import os
+import pytest
+import torch
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+from codaar_kernels.ema_csa_update import ema_csa_update_reference
+from codaar_kernels.ema_csa_update_triton import ema_csa_update_triton
+from codaar_kernels.utilities import triton_device
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from codaar_kernels.ema_csa_update import ema_csa_update_reference  # noqa: E402
-from codaar_kernels.ema_csa_update_triton import ema_csa_update_triton  # noqa: E402
-
-DEVICE = "cuda" if os.environ.get("TRITON_INTERPRET") == "0" and torch.cuda.is_available() else "cpu"
+DEVICE = triton_device()
 DEAD_AFTER, ACTIVE_WINDOW = 300, 100
 NEAR_THRESHOLDS = torch.tensor([299, 300, 301, 99, 100, -1, 0, 5, 298, 1000])
-ORDERS = {1: [(0,), ()], 2: [(1, 0), (0, 1), ()], 3: [(2, 1, 0), (0, 1, 2), (1,), (), (0, 2, 1, 0)]}
+ORDERS = {1: [(0,), ()], 2: [(1, 0), (0, 1), ()], 3: [(2, 1, 0), (0, 1, 2), (1,), (), (0, 2, 1, 0)],
+          4: [(3, 2, 1, 0), (0, 2), (1, 3, 0, 2, 1, 3, 0)], 5: [(4, 3, 2, 1, 0), (2,)]}
 
 
 def _state(num_mod, num_codes, dim, dtype, gen, unused="near"):
@@ -59,9 +56,9 @@ def _run_both(ref_state, tri_state, sums, counts, **kw):
     return got
 
 
-def _kwargs(laplace, order, persistent):
+def _kwargs(laplace, order, persistent, count_floor=0.0):
     return dict(decay=0.99, eps=1e-5, laplace_smoothing=laplace, csa_order=order, csa_persistent=persistent,
-                dead_after=DEAD_AFTER, active_window=ACTIVE_WINDOW)
+                dead_after=DEAD_AFTER, active_window=ACTIVE_WINDOW, count_floor=count_floor)
 
 
 # (M, K, D, state dtype): K in {1, 3, 800, 8192}, awkward D, fp32 required / fp64 supported
@@ -72,6 +69,8 @@ SHAPES = [
     (3, 8192, 16, torch.float32),
     (2, 37, 512, torch.float64),
     (3, 7, 256, torch.float64),
+    (4, 300, 40, torch.float32),  # M >= 4: padded modality tile (M_PAD = 4, 8)
+    (5, 37, 24, torch.float64),
 ]
 
 
@@ -105,6 +104,27 @@ def test_cascade_orders(num_mod, order, persistent):
     sums, counts = _step_inputs(num_mod, num_codes, dim, dtype, gen)
     _run_both(ref_state, tri_state, sums, counts, **_kwargs(True, order, persistent))
     _assert_state_equal(tri_state, ref_state, dtype)
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["transient", "persistent"])
+@pytest.mark.parametrize("laplace", [False, True], ids=["eps", "laplace"])
+@pytest.mark.parametrize("shape", [(3, 800, 200, torch.float32), (4, 37, 24, torch.float64)], ids=_shape_id)
+def test_count_floor(shape, laplace, persistent):
+    # counts ~ U(0, 4) before the step and about half the codes unchosen: with a floor of 1, some
+    # codes fall below it (held at their anchor), some were below it already (anchor = E), some not.
+    num_mod, num_codes, dim, dtype = shape
+    gen = torch.Generator().manual_seed(num_mod * 31 + 2 * laplace + persistent)
+    ref_state = _state(num_mod, num_codes, dim, dtype, gen)
+    floor = 1.0
+    ref_state[2][:, ::3] = 1.005  # settled, and below the floor after one step's decay unless chosen
+    tri_state = [t.clone() for t in ref_state]
+    settled_before = ref_state[2] >= floor
+    sums, counts = _step_inputs(num_mod, num_codes, dim, dtype, gen)
+    _run_both(ref_state, tri_state, sums, counts,
+              **_kwargs(laplace, ORDERS[num_mod][0], persistent, count_floor=floor))
+    _assert_state_equal(tri_state, ref_state, dtype)
+    held = ref_state[2] == floor
+    assert held.any() and (held & settled_before).any() and (held & ~settled_before).any() and (~held).any()
 
 
 @pytest.mark.parametrize("persistent", [False, True], ids=["transient", "persistent"])
@@ -156,7 +176,7 @@ def test_launcher_rejects_bad_inputs():
     kw = _kwargs(True, (1, 0), False)
     with pytest.raises(TypeError, match="float32 or float64"):
         ema_csa_update_triton(*[t.half() if t.is_floating_point() else t for t in state], sums, counts, **kw)
-    with pytest.raises(TypeError, match="ema_count must have"):
+    with pytest.raises(TypeError, match="ema_count must be float32"):
         ema_csa_update_triton(state[0], state[1], state[2].double(), state[3], sums, counts, **kw)
     with pytest.raises(TypeError, match="int64"):
         ema_csa_update_triton(*state[:3], state[3].int(), sums, counts, **kw)
@@ -166,3 +186,5 @@ def test_launcher_rejects_bad_inputs():
         ema_csa_update_triton(*state, sums, counts, **_kwargs(True, (2, 0), False))
     with pytest.raises(ValueError, match="contiguous"):
         ema_csa_update_triton(*state, sums.transpose(0, 1).contiguous().transpose(0, 1), counts, **kw)
+    with pytest.raises(ValueError, match="count_floor"):
+        ema_csa_update_triton(*state, sums, counts, **_kwargs(True, (1, 0), False, count_floor=-1.0))

@@ -1,21 +1,22 @@
-"""soft_usage_triton (forward + backward) vs soft_usage_reference and its autograd gradient.
-
-Runs on CPU through the Triton interpreter in CI.
+"""soft_usage_triton (forward + backward) vs soft_usage_reference and its autograd gradient; the
+forward's assignment vs assign_triton and the reference. Compiled on a GPU, under the Triton
+interpreter on the CPU (tests/conftest.py decides which).
 """
-
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede any triton import
 
 import pytest
 import torch
 
-from codaar_kernels.assign import soft_usage_reference
-from codaar_kernels.soft_usage_triton import soft_usage_backward, soft_usage_forward, soft_usage_triton
+from codaar_kernels.assign import assign_reference, soft_usage_reference
+from codaar_kernels.assign_triton import assign_triton
+from codaar_kernels.soft_usage_triton import (
+    assign_with_soft_usage_triton,
+    soft_usage_backward,
+    soft_usage_forward,
+    soft_usage_triton,
+)
+from codaar_kernels.utilities import triton_device
 
-DEVICE = "cuda" if os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("Triton kernels need CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+DEVICE = triton_device()
 
 
 def _reference(z, codebook, T, weight):
@@ -27,21 +28,26 @@ def _reference(z, codebook, T, weight):
 
 
 def _poisoned_forward_backward(z, codebook, T, weight):
-    """Raw launchers into NaN-prefilled outputs: every P, lse, r and dz element must be written."""
+    """Raw launchers into NaN / -1 prefilled outputs: every P, lse, idx, min_dist, r and dz element
+    must be written. Returns (P, dz, idx, min_dist)."""
     num_mod, num_frames, dim = z.shape
     B, K = num_frames // T, codebook.shape[1]
     nan = float("nan")
     p_out = torch.full((num_mod, B, K), nan, device=z.device)
     lse_out = torch.full((num_mod, num_frames), nan, device=z.device)
-    probs, lse = soft_usage_forward(z, codebook, T, out=p_out, lse_out=lse_out)
-    assert probs is p_out and lse is lse_out
-    assert not torch.isnan(probs).any() and not torch.isnan(lse).any()
+    idx_out = torch.full((num_mod, num_frames), -1, dtype=torch.int64, device=z.device)
+    dist_out = torch.full((num_mod, num_frames), nan, device=z.device)
+    probs, lse, idx, dist = soft_usage_forward(z, codebook, T, out=p_out, lse_out=lse_out, idx_out=idx_out,
+                                               dist_out=dist_out)
+    assert probs is p_out and lse is lse_out and idx is idx_out and dist is dist_out
+    assert not torch.isnan(probs).any() and not torch.isnan(lse).any() and not torch.isnan(dist).any()
+    assert (idx >= 0).all() and (idx < K).all()
     dz_out = torch.full((num_mod, num_frames, dim), nan, dtype=z.dtype, device=z.device)
     row_out = torch.full((num_mod, num_frames), nan, device=z.device)
     dz = soft_usage_backward(z, codebook, T, lse, weight, out=dz_out, row_out=row_out)
     assert dz is dz_out
     assert not torch.isnan(dz).any() and not torch.isnan(row_out).any()
-    return probs, dz
+    return probs, dz, idx, dist
 
 
 SHAPES = [
@@ -66,8 +72,11 @@ def test_forward_backward_match_reference(M, N, K, D, T, zdt):
     weight = torch.randn(M, N // T, K, generator=g).to(DEVICE)
     ref_p, ref_dz = _reference(z, codebook, T, weight)
 
-    probs, dz = _poisoned_forward_backward(z, codebook, T, weight)
+    probs, dz, idx, dist = _poisoned_forward_backward(z, codebook, T, weight)
     assert probs.dtype == torch.float32 and dz.dtype == zdt
+    # DQA's first pass is the assign kernel itself: the same indices and distances, bit for bit.
+    assign_idx, assign_dist = assign_triton(z, codebook)
+    assert torch.equal(idx, assign_idx) and torch.equal(dist, assign_dist)
     # inputs are the same bf16 values on both sides, the math is fp32 on both sides;
     # bf16 only adds the final rounding of dz to bf16.
     torch.testing.assert_close(probs, ref_p, rtol=1e-5, atol=1e-6)
@@ -98,8 +107,32 @@ def test_autograd_function_and_constant_codebook():
     assert z.grad.abs().max() < 1e-4  # sum_k P = 1 per sample: the gradient of the total is ~0
 
 
+def test_assign_with_soft_usage_indices_are_the_references():
+    # Frames near codewords (clear margins): the indices must be exactly the reference's, and the
+    # fused forward's assignment is the assign kernel's, bit for bit, with gradients still flowing.
+    g = torch.Generator().manual_seed(14)
+    M, K, D, T, B = 3, 300, 40, 10, 9
+    codebook = torch.randn(M, K, D, generator=g)
+    target = torch.randint(0, K, (M, B * T), generator=g)
+    # d(target) ~ 4, d(other) ~ 80: a margin far above fp32 rounding, a softmax far from one-hot
+    z = codebook.gather(1, target.unsqueeze(-1).expand(-1, -1, D)) + 0.3 * torch.randn(M, B * T, D, generator=g)
+    z = z.to(DEVICE).requires_grad_()
+    idx, dist, probs = assign_with_soft_usage_triton(z, codebook.to(DEVICE), T)
+    ref_idx, ref_dist = assign_reference(z.detach().cpu(), codebook)
+    assert torch.equal(idx.cpu(), ref_idx) and torch.equal(idx.cpu(), target)
+    torch.testing.assert_close(dist.cpu(), ref_dist, rtol=1e-4, atol=1e-3)
+    assign_idx, assign_dist = assign_triton(z, codebook.to(DEVICE))
+    assert torch.equal(idx, assign_idx) and torch.equal(dist, assign_dist)
+    assert not idx.requires_grad and not dist.requires_grad and probs.requires_grad
+    (probs.square().sum()).backward()
+    ref_p, ref_dz = _reference(z, codebook.to(DEVICE), T, 2 * soft_usage_reference(z.detach().float(),
+                                                                                  codebook.to(DEVICE), T))
+    torch.testing.assert_close(probs.detach(), ref_p, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z.grad, ref_dz, rtol=1e-4, atol=1e-5 * ref_dz.abs().max().item())
+
+
 def test_zero_distance_has_zero_sqrt_gradient():
-    # Integer data with frames equal to codes: d == 0 exactly on both sides, so the safe_sqrt
+    # Integer data with frames equal to codes: d == 0 exactly on both sides, so the neg_safe_sqrt
     # branch (value 0, gradient 0) is taken identically by kernel and reference.
     g = torch.Generator().manual_seed(12)
     M, N, K, D, T = 2, 30, 20, 16, 10
@@ -109,7 +142,9 @@ def test_zero_distance_has_zero_sqrt_gradient():
     z[:, ::3] += 1.0  # some frames off-code
     weight = torch.randn(M, N // T, K, generator=g)
     ref_p, ref_dz = _reference(z, codebook, T, weight)
-    probs, dz = _poisoned_forward_backward(z.to(DEVICE), codebook.to(DEVICE), T, weight.to(DEVICE))
+    probs, dz, idx, dist = _poisoned_forward_backward(z.to(DEVICE), codebook.to(DEVICE), T, weight.to(DEVICE))
+    ref_idx, ref_dist = assign_reference(z, codebook)  # integer data: every distance exact, ties decided alike
+    assert torch.equal(idx.cpu(), ref_idx) and torch.equal(dist.cpu(), ref_dist)
     torch.testing.assert_close(probs.cpu(), ref_p, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(dz.cpu(), ref_dz, rtol=1e-4, atol=1e-5 * ref_dz.abs().max().item())
 
@@ -121,7 +156,7 @@ def test_far_codes_do_not_underflow():
     codebook = (30 * torch.randn(1, 50, 16, generator=g)).to(DEVICE)
     weight = torch.randn(1, 2, 50, generator=g).to(DEVICE)
     ref_p, ref_dz = _reference(z, codebook, 10, weight)
-    probs, dz = _poisoned_forward_backward(z, codebook, 10, weight)
+    probs, dz, _, _ = _poisoned_forward_backward(z, codebook, 10, weight)
     torch.testing.assert_close(probs, ref_p, rtol=1e-4, atol=1e-6)
     # ||z||^2 + ||E||^2 ~ 3e4 cancels to d: fp32 rounding of d (~3e-3, different on the two
     # sides) moves p by ~1e-5 relative, so the gradient is compared at 1e-4 of its scale.
@@ -138,3 +173,32 @@ def test_bad_inputs_raise():
         soft_usage_triton(z, torch.randn(2, 4, 8), 5)
     with pytest.raises(TypeError, match="float32"):
         soft_usage_triton(z.double(), torch.randn(2, 4, 16), 5)
+
+
+@pytest.mark.parametrize("tier", ["few-frames", "many-frames-fma", "many-frames-mma"])
+def test_production_launch_settings_match_reference(tier, monkeypatch):
+    # The block sizes production launches with (both tiers; compiled in test_kernel_compiled.py),
+    # run here instead of the interpreter's own (under the interpreter: the tile logic and masks).
+    from codaar_kernels import soft_usage_triton as module
+
+    if DEVICE == "cpu":
+        monkeypatch.setattr(module, "interpreter_enabled", lambda: False)  # _configs: production settings
+    if tier != "few-frames":
+        monkeypatch.setattr(module, "MANY_FRAMES", 1)
+    fma = tier != "many-frames-mma"
+    g = torch.Generator().manual_seed(22)
+    M, N, K, D, T = 2, 70, 130, 40, 7
+    z = torch.randn(M, N, D, generator=g).to(DEVICE)
+    codebook = (0.5 * torch.randn(M, K, D, generator=g)).to(DEVICE)
+    weight = torch.randn(M, N // T, K, generator=g).to(DEVICE)
+    ref_p, ref_dz = _reference(z, codebook, T, weight)
+    if fma:
+        probs, dz, _, _ = _poisoned_forward_backward(z, codebook, T, weight)
+    else:  # the tensor-core tier is chosen for tf32 (fp32 under the interpreter)
+        probs, lse = soft_usage_forward(z, codebook, T, allow_tf32=True)[:2]
+        dz = soft_usage_backward(z, codebook, T, lse, weight, allow_tf32=True)
+    # tf32 on a GPU: ~1e-3 relative error in the distances, ~1e-2 in p and dz; exact fp32 otherwise
+    loose = not fma and DEVICE == "cuda"
+    torch.testing.assert_close(probs, ref_p, rtol=1e-2 if loose else 1e-5, atol=1e-4 if loose else 1e-6)
+    scale = ref_dz.abs().max().item()
+    torch.testing.assert_close(dz, ref_dz, rtol=5e-2 if loose else 1e-4, atol=(5e-2 if loose else 1e-5) * scale)

@@ -1,5 +1,6 @@
-"""The whole quantizer on the Triton kernels (here under the interpreter) tracks the eager
-reference over consecutive training steps; and the dispatch switch picks the path it says."""
+"""The whole quantizer on the Triton kernels (compiled on a GPU, under the interpreter on the CPU)
+tracks the eager reference over consecutive training steps, for two to four modalities and with the
+count floor; and the dispatch switch picks the path it says."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import torch
 import codaar_kernels as ops
 from codaar.quantizer import CrossModalQuantizer
 from codaar_kernels import dispatch
+from codaar_kernels.utilities import triton_device
 
 SETTINGS = dict(num_codes=40, dim=24, dead_after=3, active_window=2)
-# CPU under the Triton interpreter (CI); the GPU when there is one and the interpreter is off
-DEVICE = "cuda" if torch.cuda.is_available() and not dispatch.interpreter_enabled() else "cpu"
+DEVICE = triton_device()
 
 
 def clustered_batches(steps, modalities, seed=0, batch=4, frames=5, dim=24):
@@ -38,7 +39,9 @@ def twin_quantizers(**settings):
 
 
 @pytest.mark.parametrize("settings", [dict(), dict(preset="paper"), dict(modalities=("video", "audio")),
-                                      dict(deterministic=True)], ids=["official", "paper", "AV", "deterministic"])
+                                      dict(deterministic=True), dict(modalities=("video", "audio", "text", "depth")),
+                                      dict(count_floor=1.0)],
+                         ids=["official", "paper", "AV", "deterministic", "four-modalities", "count-floor"])
 def test_triton_quantizer_tracks_reference_over_steps(settings):
     eager, triton = twin_quantizers(**settings)
     resets = 0

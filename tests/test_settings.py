@@ -139,7 +139,7 @@ def test_a_version_1_checkpoint_maps_onto_nested_settings():
 
 
 def test_a_version_1_run_resumes_to_what_this_version_trains(tmp_path):
-    """Its first 2 steps ran on codaar a5a5020; 2 more here must equal 4 steps of this version."""
+    """Its first 2 steps ran on codaar a5a5020; 2 more here must continue them as this version trains."""
     settings = ["--dim", "8", "--num-codes", "16", "--temporal-ffn-dim", "16", "--text-lstm-dim", "4",
                 "--pretrain-clips", "40", "--batch-size", "20", "--codebook-init", "aligned-kmeans",
                 "--preset", "official", "--projection-dim", "8", "--video-gate-dim", "4",
@@ -151,7 +151,9 @@ def test_a_version_1_run_resumes_to_what_this_version_trains(tmp_path):
 
     main(settings + ["--out", str(resumed), "--resume"])
     main(settings + ["--out", str(tmp_path / "fresh")])
-    assert_same_run(tmp_path / "fresh", resumed)
+    # Not bit for bit: the CPU forward has been reordered since (fused commitment terms, one addmm per
+    # modality), and Adam turns last-bit gradient differences into updates of up to ~lr (4e-4).
+    assert_same_run(tmp_path / "fresh", resumed, tol=2e-3)
     config = json.loads((resumed / "config.json").read_text())
     assert config["train"]["max_steps"] == 4 and config["resumes"] == [{"step": 2, "changed": {"max_steps": [2, 4]}}]
     _, meta = ckpt.load_checkpoint(resumed)
