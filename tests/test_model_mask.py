@@ -220,3 +220,20 @@ def test_a_text_mask_of_the_wrong_shape_is_refused():
     model = CoDAARModel(config)
     with pytest.raises(ValueError, match="text_mask must be a bool tensor"):
         model({**make_batch(config), "text_mask": torch.ones(B, T + 1, dtype=torch.bool)})
+
+
+def test_inference_with_an_all_true_text_mask_changes_no_bit():
+    config = small_config(modalities=AVT)
+    torch.manual_seed(0)
+    model = CoDAARModel(config).eval()
+    text = make_batch(config)["text"]
+    with torch.no_grad():  # torch's fused inference path of the transformer
+        plain = model.latents("text", text)
+        assert torch.equal(model.latents("text", text, torch.ones(B, T, dtype=torch.bool)), plain)
+        assert torch.equal(model.encode({"text": text}, torch.ones(B, T, dtype=torch.bool))["text"].indices,
+                           model.codes("text", text).indices)
+        # with padding, each caption's real steps are what the caption alone gives
+        padded = model.latents("text", text, mask_of(LENGTHS))
+        for b, n in enumerate(LENGTHS):
+            torch.testing.assert_close(padded[b, :n], model.latents("text", text[b : b + 1, :n])[0], rtol=0,
+                                       atol=1e-5)
