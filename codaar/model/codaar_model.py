@@ -118,7 +118,8 @@ class CoDAARModel(nn.Module):
         """What the encoder reads (and the decoder reconstructs): the input, or for text the BiLSTM output."""
         return self.text_lstm(x, mask) if modality == "text" else x
 
-    def _encode(self, modality: str, features: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, modality: str, features: torch.Tensor,
+                mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(latent z [B, T, D], projection P_m) of the encoder's input; mask: the real steps or None."""
         return self.encoders[modality](features, None if mask is None else ~mask)
 

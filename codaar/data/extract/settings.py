@@ -85,7 +85,7 @@ class ExtractSettings:
         if self.frame_size % FRAME_STRIDE:
             raise SettingsError("frame_size", f"a multiple of {FRAME_STRIDE} (VGG-19 pools five times), at least "
                                 f"{FRAME_STRIDE}", self.frame_size)
-        train_val_test = self.splits
-        if len(train_val_test) != 3 or not math.isclose(sum(train_val_test), 1.0, abs_tol=1e-6) or not train_val_test[0]:
+        fractions = self.splits
+        if len(fractions) != 3 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6) or not fractions[0]:
             raise SettingsError("splits", "three fractions train,val,test summing to 1 with train > 0",
-                                ",".join(map(str, train_val_test)))
+                                ",".join(map(str, fractions)))
