@@ -29,3 +29,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _same_torch_threads_for_every_test():
+    """Tests that run a command in this process (`codaar.evaluate ... --threads 1`) change torch's thread
+    count, and float32 results depend on it: every test starts with the count the session started with."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -215,9 +215,16 @@ def test_user_errors_are_one_line(media, tmp_path, capsys):
         assert run_cli(*positional, *FAST, *options) == 2, message
         err = capsys.readouterr().err.strip()
         assert message in err and err.count("\n") == 0 and "Traceback" not in err
-    with pytest.raises(SystemExit):
-        run_cli(tmp_path / "o7", media / "b3.mkv", *FAST, "--splits", "0.5,0.6,0.1")
-    assert "summing to 1" in capsys.readouterr().err
+    # a bad setting is refused where it is declared (ExtractSettings), naming it, before anything runs
+    for options, message in ((["--splits", "0.5,0.6,0.1"], "setting 'splits': expected three fractions "
+                              "train,val,test summing to 1"),
+                             (["--max-bad-fraction", "1.5"], "setting 'max_bad_fraction': expected a finite number "
+                              ">= 0 and <= 1, found 1.5"),
+                             (["--workers", "-1"], "setting 'workers'")):
+        assert run_cli(tmp_path / "o7", media / "b3.mkv", *FAST, *options) == 2, message
+        err = capsys.readouterr().err.strip()
+        assert message in err and err.count("\n") == 0 and "Traceback" not in err
+    assert not (tmp_path / "o7").exists() and not (tmp_path / ".o7.extract").exists()
 
 
 # ------------------------------------------------------------------------------------- resumption

@@ -53,7 +53,7 @@ def test_forward_shapes_and_loss(modalities, video_input):
     assert f"perplexity/{modalities[0]}" in out.metrics
 
     x = make_batch(config)[modalities[0]]
-    assert model.encode(modalities[0], x).shape == (B, T, config.dim)
+    assert model.latents(modalities[0], x).shape == (B, T, config.dim)
 
 
 def test_projection_and_decoder_shapes_spatial_video():

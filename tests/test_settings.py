@@ -36,6 +36,33 @@ def test_every_setting_is_declared_once_with_help_and_a_resume_rule():
     assert {"audio_dim", "reset_seed"}.isdisjoint(flags)  # read from the data / --seed by the trainer
 
 
+def test_extract_and_encode_flags_come_from_their_settings():
+    import argparse
+
+    from codaar.data.extract import cli as extract_cli
+    from codaar.data.extract import vgg19
+    from codaar.data.extract.settings import FRAME_STRIDE, ExtractSettings
+    from codaar.encode.__main__ import build_parser as encode_parser
+    from codaar.encode.export import EncodeSettings
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    extract_cli.add_parser(sub)
+    extract = sub.choices["extract"]
+    for parser, cls, plain in ((extract, ExtractSettings, {"out", "inputs", "restart", "overwrite", "quiet"}),
+                               (encode_parser(), EncodeSettings, {"checkpoint", "out", "overwrite", "quiet"})):
+        dests = {a.dest for a in parser._actions} - {"help"}
+        assert dests == set(declared(cls)) | plain, cls
+        assert all(decl.meta["help"] for decl in declared(cls).values())
+    assert FRAME_STRIDE == vgg19.STRIDE
+    args = extract.parse_args(["out", "in.mp4", "--no-video", "--splits", "0.5,0.25,0.25", "--frame-size", "64"])
+    settings = extract_cli.settings_of(args)
+    assert (settings.video, settings.splits, settings.frame_size, settings.segments) == (False, (0.5, 0.25, 0.25), 64, 10)
+    with pytest.raises(SettingsError, match="setting 'frame_size': expected a multiple of 32"):
+        ExtractSettings(frame_size=96 + 16)
+    with pytest.raises(SettingsError, match="setting 'window': expected one of first, centre, every"):
+        ExtractSettings(window="middle")
+
+
 def test_configs_compose_and_flat_names_route_to_their_level():
     cfg = TrainConfig(num_codes=16, dim=8, temporal_heads=2, preset="paper", lr=1e-3)
     assert cfg.model.quantizer.num_codes == 16 and cfg.model.dim == 8 and cfg.lr == 1e-3

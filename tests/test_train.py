@@ -142,3 +142,13 @@ def test_ddp_equals_single_process_and_resumes(tmp_path):
     torchrun(tmp_path, *exact, "--out", str(tmp_path / "ddp"), "--max-steps", "4", "--resume")
     torchrun(tmp_path, *exact, "--out", str(tmp_path / "ddp_straight"), "--max-steps", "4")
     assert_same_run(tmp_path / "ddp_straight", tmp_path / "ddp")
+
+
+@pytest.mark.slow
+def test_ddp_with_per_clip_text_equals_single_process(tmp_path):
+    # the hard preset's captions have padding: CPC's negatives come from both ranks with their masks
+    exact = TINY + ["--data-preset", "hard", "--float64", "--dropout", "0", "--batch-size", "8",
+                    "--pretrain-clips", "48", "--max-steps", "2"]
+    main(exact + ["--out", str(tmp_path / "single")])
+    torchrun(tmp_path, *exact, "--out", str(tmp_path / "ddp"))
+    assert_same_run(tmp_path / "single", tmp_path / "ddp", tol=1e-10)

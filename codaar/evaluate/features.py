@@ -7,68 +7,33 @@ field, what was expected and what was found -- never a traceback from inside the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from codaar.data import DataFormatError, TriModalData, build_synthetic, load_dataset, synthetic_config
 from codaar.evaluate.errors import EvaluationError
 from codaar.model import CoDAARModel
-from codaar.train import checkpoint as ckpt
-from codaar.train.config import TrainConfig, saved_configs
+from codaar.model import pretrained as trained
+from codaar.model.pretrained import Pretrained
+
+__all__ = ["Pretrained", "check_compatible", "code_features", "inputs", "load_eval_data", "load_pretrained",
+           "require_labels", "require_split", "text_mask"]
 
 
-@dataclass
-class Pretrained:
-    model: CoDAARModel
-    meta: dict  # checkpoint meta.json
-    train_config: TrainConfig  # the run's settings
-    path: Path  # the checkpoint folder
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return self.model.modalities
-
-    @property
-    def epoch(self) -> int:
-        return int(self.meta.get("epoch", 0))
-
-
-def load_pretrained(path: str | Path) -> Pretrained:
-    """Model (weights, codebooks) of a checkpoint folder or a run folder, on the CPU, in float32."""
+def load_pretrained(path) -> Pretrained:
+    """Model (weights, codebooks) of a checkpoint folder or a run folder, on the CPU, in float32
+    (`codaar.model.pretrained.load_pretrained`, its errors as EvaluationError)."""
     try:
-        tensors, meta = ckpt.load_checkpoint(Path(path))
-        folder = ckpt.resolve_checkpoint(Path(path))
-        train_config, model_config = saved_configs(meta, str(folder / "meta.json"))
-    except ckpt.CheckpointError as exc:
+        return trained.load_pretrained(path)
+    except trained.CheckpointError as exc:
         raise EvaluationError(f"checkpoint: {exc}") from None
-    weights = ckpt.prefixed(tensors, "model")
-    broken = [name for name, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if broken:
-        raise EvaluationError(f"{folder / ckpt.TENSORS}: non-finite values in {', '.join(broken[:5])}"
-                              f"{' and more' if len(broken) > 5 else ''} (the run diverged); evaluate an earlier "
-                              f"checkpoint")
-    try:
-        model = CoDAARModel(model_config)
-        model.load_state_dict(weights)
-    except (ValueError, TypeError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0][:400]
-        raise EvaluationError(f"{folder / 'tensors.safetensors'}: the weights do not fit the model of meta.json "
-                              f"'model_config' ({first})") from None
-    model.float()
-    model.quantizer.freeze(True)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
-    return Pretrained(model, meta, train_config, folder)
 
 
 def load_eval_data(pretrained: Pretrained, data_dir: str | None = None, data_preset: str | None = None,
-                   data_seed: int | None = None) -> TriModalData:
-    """The data set to evaluate on: `data_dir`, or a built-in preset, or (default) the built-in data set
-    the checkpoint was pretrained on (its config's data_preset / data_seed / pretrain_clips)."""
+                   data_seed: int | None = None, modalities: tuple[str, ...] | None = None) -> TriModalData:
+    """The data set to evaluate on: `data_dir`, or a built-in preset, or (default) the data set the
+    checkpoint was pretrained on (its config's data folder, or data_preset / data_seed / pretrain_clips).
+    It must fit the model in `modalities` (default: all of the model's)."""
     cfg = pretrained.train_config
     try:
         if data_dir is not None:
@@ -87,30 +52,26 @@ def load_eval_data(pretrained: Pretrained, data_dir: str | None = None, data_pre
         raise EvaluationError(f"data: {exc}") from None
     except (OSError, ValueError) as exc:
         raise EvaluationError(f"data: {exc}") from None
-    check_compatible(pretrained, data)
+    check_compatible(pretrained, data, modalities=modalities)
     return data
 
 
-def check_compatible(pretrained: Pretrained, data: TriModalData, name: str = "data") -> None:
-    """The data has every modality of the model, with the feature sizes it was trained on."""
-    cfg = pretrained.model.config
+def check_compatible(pretrained: Pretrained, data: TriModalData, name: str = "data",
+                     modalities: tuple[str, ...] | None = None) -> None:
+    """The data has every modality of the model (or of `modalities`), with the feature sizes it was
+    trained on."""
+    model = pretrained.model
+    modalities = model.modalities if modalities is None else modalities
     where = data.root if data.root is not None else f"<built-in {data.info.get('preset', 'data set')}>"
-    missing = [m for m in cfg.modalities if m not in data.modalities]
+    missing = [m for m in modalities if m not in data.modalities]
     if missing:
-        raise EvaluationError(f"{name} {where}: the checkpoint {pretrained.path} is a {'/'.join(cfg.modalities)} model; "
-                              f"expected modalities {list(cfg.modalities)}, found {list(data.modalities)}")
-    expected = {"audio": (cfg.audio_dim,),
-                "video": (cfg.video_dim,) if cfg.video_input == "vector" else None,
-                "text": (cfg.text_dim,)}
-    for m in cfg.modalities:
-        shape = data.feature_shape(m)
-        want = expected[m]
-        if want is None:  # spatial video: [H, W, C]
-            if len(shape) != 3 or shape[-1] != cfg.video_dim:
-                raise EvaluationError(f"{name} {where}: field '{m}': expected spatial features [H, W, {cfg.video_dim}] "
-                                      f"per step (model_config of {pretrained.path}), found {list(shape)}")
-        elif tuple(shape) != want:
-            raise EvaluationError(f"{name} {where}: field '{m}': expected {list(want)} features per step "
+        raise EvaluationError(f"{name} {where}: the checkpoint {pretrained.path} is a {'/'.join(model.modalities)} "
+                              f"model; expected modalities {list(modalities)}, found {list(data.modalities)}")
+    for m in modalities:
+        shape, want = data.feature_shape(m), model.input_shape(m)
+        if len(shape) != len(want) or any(w is not None and w != n for w, n in zip(want, shape)):
+            what = (f"spatial features [H, W, {want[-1]}]" if None in want else f"{list(want)} features")
+            raise EvaluationError(f"{name} {where}: field '{m}': expected {what} per step "
                                   f"(model_config of {pretrained.path}), found {list(shape)}")
 
 
@@ -132,6 +93,7 @@ def require_split(data: TriModalData, split: str, protocol: str, name: str = "da
 
 
 def inputs(data: TriModalData, modality: str, clips: np.ndarray) -> torch.Tensor:
+    """The model's input for `clips` (float32), in the order given."""
     clips = np.asarray(clips)
     source = data.text(clips) if modality == "text" else data.modality(modality)[np.sort(clips)]
     if modality != "text":  # sorted reads for memory maps, then back to the requested order
@@ -140,23 +102,36 @@ def inputs(data: TriModalData, modality: str, clips: np.ndarray) -> torch.Tensor
     return torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))
 
 
+def text_mask(data: TriModalData, modality: str, clips: np.ndarray) -> torch.Tensor | None:
+    """The real tokens [N, L] of `clips`' text (all True for class prompts); None for other modalities."""
+    if modality != "text":
+        return None
+    return torch.from_numpy(np.ascontiguousarray(data.text_mask(np.asarray(clips))))
+
+
 def code_features(model: CoDAARModel, data: TriModalData, modality: str, clips: np.ndarray, head_input: str = "row",
                   train_mode: bool = False, batch_size: int = 256) -> dict[str, torch.Tensor]:
     """Frozen features of `clips`: "x" the head input [N, T, F] (full codebook row at the modality's own
     index, the authors' choice, or the own codeword with head_input="code"), "indices" [N, T], "latent"
-    [N, T, D]. train_mode=True keeps dropout on (the authors' downstream scripts, spec §6.1)."""
+    [N, T, D], and for text "mask" [N, T] (its real tokens; the encoder reads only those, every step
+    gets a code). train_mode=True keeps dropout on (the authors' downstream scripts, spec §6.1)."""
     was_training = model.training
     model.train(train_mode)
-    xs, idx, lat = [], [], []
+    xs, idx, lat, masks = [], [], [], []
     try:
         with torch.no_grad():
             for start in range(0, len(clips), batch_size):
-                x = inputs(data, modality, clips[start : start + batch_size])
-                z = model.encode(modality, x)
+                batch = clips[start : start + batch_size]
+                mask = text_mask(data, modality, batch)
+                z = model.latents(modality, inputs(data, modality, batch), mask)
                 out = model.quantizer.lookup(modality, z)
                 xs.append(out.rows if head_input == "row" else out.codes)
                 idx.append(out.indices)
                 lat.append(z)
+                masks.append(mask)
     finally:
         model.train(was_training)
-    return {"x": torch.cat(xs).float(), "indices": torch.cat(idx), "latent": torch.cat(lat).float()}
+    features = {"x": torch.cat(xs).float(), "indices": torch.cat(idx), "latent": torch.cat(lat).float()}
+    if modality == "text":
+        features["mask"] = torch.cat(masks)
+    return features

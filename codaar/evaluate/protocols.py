@@ -289,8 +289,24 @@ def run_avvp(task: Task, source: str, targets: list[str], settings: HeadSettings
 
 # ---------------------------------------------------------------------------- retrieval (§6.7)
 RETRIEVAL_DOC = ("similarity: cosine between the time-means of the clips' full codebook rows (the quantized "
-                 "space the heads see); relevance: the same clip for audio<->video, the same class when text is "
-                 "involved (the built-in text is one prompt per class); ties count against the query")
+                 "space the heads see; for per-clip text the mean over its real tokens); relevance: the same clip "
+                 "for audio<->video and for per-clip text (captions), the same class when class-prompt text is "
+                 "involved (one prompt per class); ties count against the query")
+
+
+def relevance_rule(data: TriModalData, query: str, gallery: str) -> str:
+    """"instance" (the same clip is the one relevant item) or "class" (every clip of the class):
+    class-prompt text is shared by all clips of a class, so only its class can be retrieved."""
+    return "class" if "text" in (query, gallery) and data.text_kind == "class-prompt" else "instance"
+
+
+def clip_embedding(features: dict[str, torch.Tensor]) -> np.ndarray:
+    """The time-mean of a clip's code rows [N, F]; for text, over its real tokens only."""
+    x, mask = features["x"], features.get("mask")
+    if mask is None or bool(mask.all()):  # the plain mean: class prompts give today's numbers exactly
+        return x.mean(dim=1).numpy()
+    weight = mask.unsqueeze(-1).to(x.dtype)
+    return ((x * weight).sum(dim=1) / weight.sum(dim=1)).numpy()
 
 
 def run_retrieval(task: Task, pairs: list[tuple[str, str]], ks=(1, 5, 10), relevance: str = "auto") -> dict:
@@ -298,11 +314,11 @@ def run_retrieval(task: Task, pairs: list[tuple[str, str]], ks=(1, 5, 10), relev
     data = task.train_data
     clips = require_split(data, "test", "retrieval")
     category = np.asarray(data.category)[clips]
-    emb = {m: code_features(task.model, data, m, clips, "row")["x"].mean(dim=1).numpy()
+    emb = {m: clip_embedding(code_features(task.model, data, m, clips, "row"))
            for m in {m for pair in pairs for m in pair}}
     results = {}
     for q, g in pairs:
-        rule = relevance if relevance != "auto" else ("class" if "text" in (q, g) else "instance")
+        rule = relevance if relevance != "auto" else relevance_rule(data, q, g)
         rel = category[:, None] == category[None, :] if rule == "class" else np.eye(len(clips), dtype=bool)
         results[f"{q}->{g}"] = dict(metrics.recall_at_k(metrics.cosine_similarity(emb[q], emb[g]), rel, ks),
                                     relevance=rule)

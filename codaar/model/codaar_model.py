@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -42,7 +43,16 @@ class CoDAARModel(nn.Module):
     """Encoders, cross-modal quantizer, CPC and decoders. `forward(batch)` is one pretraining step's loss.
 
     Batch keys: "audio" [B, T, d_a]; "video" [B, T, H, W, C] (spatial) or [B, T, d_v] (vector);
-    "text" [B, T, d_text] token embeddings (the 10 tokens play the role of the T time steps).
+    "text" [B, T, d_text] token embeddings (the 10 tokens play the role of the T time steps);
+    optional "text_mask" [B, T] bool (True = a real token, real tokens first: per-clip captions).
+
+    With a text mask, the text BiLSTM, the text encoder's transformer, CPC and the text
+    reconstruction loss ignore padded steps; the quantizer (commitment, DTA, DQA) and the decoders
+    still see all T steps, so padded steps get codes too. An all-True mask (class prompts) changes
+    no bit of any output or gradient.
+
+    Inference: `from_checkpoint(path)`, then `encode({modality: features}, text_mask)` gives each
+    modality's codes; `latents` and `codes` work on one modality.
     """
 
     def __init__(self, config: ModelConfig | None = None, **settings: object) -> None:
@@ -104,9 +114,24 @@ class CoDAARModel(nn.Module):
     def modalities(self) -> tuple[str, ...]:
         return self.config.modalities
 
-    def _features(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+    def _features(self, modality: str, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """What the encoder reads (and the decoder reconstructs): the input, or for text the BiLSTM output."""
-        return self.text_lstm(x) if modality == "text" else x
+        return self.text_lstm(x, mask) if modality == "text" else x
+
+    def _encode(self, modality: str, features: torch.Tensor,
+                mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latent z [B, T, D], projection P_m) of the encoder's input; mask: the real steps or None."""
+        return self.encoders[modality](features, None if mask is None else ~mask)
+
+    def _masks(self, text_mask: torch.Tensor | None, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{modality: [B, T] bool} of the modalities with padded steps (text, when a mask is given)."""
+        if text_mask is None or "text" not in self.modalities:
+            return {}
+        text = batch["text"]
+        if text_mask.dtype != torch.bool or tuple(text_mask.shape) != tuple(text.shape[:2]):
+            raise ValueError(f"text_mask must be a bool tensor [B, T] = {list(text.shape[:2])} (True = a real token), "
+                             f"got {text_mask.dtype} {list(text_mask.shape)}")
+        return {"text": text_mask}
 
     def forward(
         self, batch: Mapping[str, torch.Tensor], *, cpc_generator: torch.Generator | None = None,
@@ -120,12 +145,13 @@ class CoDAARModel(nn.Module):
         if missing:
             raise KeyError(f"CoDAARModel: batch lacks {missing}; expected keys {list(self.modalities)}")
         reduction = self.quantizer.config.loss_reduction  # one switch for every squared error (spec §8.3)
+        masks = self._masks(batch.get("text_mask"), batch)
 
         with nvtx_range("encoders"):
-            targets = {m: self._features(m, batch[m]) for m in self.modalities}
+            targets = {m: self._features(m, batch[m], masks.get(m)) for m in self.modalities}
             latents, projections = {}, {}
             for m in self.modalities:
-                latents[m], projections[m] = self.encoders[m](targets[m])
+                latents[m], projections[m] = self._encode(m, targets[m], masks.get(m))
 
         with nvtx_range("quantizer"):
             quantized = self.quantizer(latents)
@@ -134,13 +160,13 @@ class CoDAARModel(nn.Module):
         metrics = dict(quantized.metrics)
         if self.cpc is not None:
             with nvtx_range("cpc"):
-                cpc = self.cpc(latents, cpc_generator, cpc_t_star)  # continuous latents, not the codes (spec §4)
+                cpc = self.cpc(latents, cpc_generator, cpc_t_star, masks)  # continuous latents, not the codes (§4)
             metrics.update(cpc.accuracies)
 
         with nvtx_range("decoders"):
             for m in self.modalities:
                 prediction = self.decoders[m](quantized.tri_code[m], projections[m])
-                losses[f"rec/{m}"] = reconstruction_loss(prediction, targets[m], reduction)
+                losses[f"rec/{m}"] = reconstruction_loss(prediction, targets[m], reduction, masks.get(m))
 
         losses.update(quantized.losses)
         if self.cpc is not None:
@@ -165,14 +191,79 @@ class CoDAARModel(nn.Module):
         return [self.quantizer.reset_rng]
 
     # ----------------------------------------------------------------------------- inference
-    def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:
-        """Continuous latent z [B, T, D] of one modality (text: x are token embeddings)."""
-        if modality not in self.encoders:
-            raise KeyError(f"encode: unknown modality {modality!r}; expected one of {list(self.modalities)}")
-        return self.encoders[modality](self._features(modality, x))[0]
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> CoDAARModel:
+        """The model of a run folder (its newest checkpoint) or a checkpoint folder, verified against
+        its recorded SHA-256, on the CPU in float32, frozen and in eval mode. Raises CheckpointError
+        naming the file and the problem (`codaar.model.pretrained.load_pretrained` also returns the
+        checkpoint's metadata and the run's settings)."""
+        from codaar.model.pretrained import load_pretrained
 
-    def codes(self, modality: str, x: torch.Tensor) -> LookupOutput:
+        return load_pretrained(path).model
+
+    def input_shape(self, modality: str) -> tuple[int | None, ...]:
+        """The shape of one time step of `modality`'s input (None: any size)."""
+        cfg = self.config
+        if modality not in self.modalities:
+            raise KeyError(f"unknown modality {modality!r}; this model has {list(self.modalities)}")
+        if modality == "video":
+            return (None, None, cfg.video_dim) if cfg.video_input == "spatial" else (cfg.video_dim,)
+        return (cfg.audio_dim,) if modality == "audio" else (cfg.text_dim,)
+
+    def latents(self, modality: str, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Continuous latent z [B, T, D] of one modality (text: x are token embeddings, mask [B, T]
+        their real tokens or None), in the model's current mode."""
+        if modality not in self.encoders:
+            raise KeyError(f"latents: unknown modality {modality!r}; expected one of {list(self.modalities)}")
+        mask = mask if modality == "text" else None
+        return self._encode(modality, self._features(modality, x, mask), mask)[0]
+
+    def codes(self, modality: str, x: torch.Tensor, mask: torch.Tensor | None = None) -> LookupOutput:
         """Nearest codes of one modality's input in the frozen codebook (indices, own codeword, full row).
 
         The full row is the authors' downstream head input (spec §6.1). Never updates the codebook."""
-        return self.quantizer.lookup(modality, self.encode(modality, x))
+        return self.quantizer.lookup(modality, self.latents(modality, x, mask))
+
+    @torch.no_grad()
+    def encode(self, features: Mapping[str, torch.Tensor], text_mask: torch.Tensor | None = None,
+               ) -> dict[str, LookupOutput]:
+        """The discrete codes of a batch: {modality: features [B, T, ...]} -> {modality: LookupOutput}
+        with `.indices` [B, T] (the code per step), `.codes` [B, T, D] (the quantized vectors) and
+        `.rows` [B, T, M*D] (the full codebook rows at those indices).
+
+        Runs in eval mode (restored afterwards) without gradients, never touches the codebooks.
+        text_mask [B, T] bool: the real tokens of per-clip text (None: all real); padded steps get
+        codes too. Inputs are checked: a wrong modality, shape or mask raises ValueError."""
+        masks = self._check_inputs(features, text_mask)
+        was_training = self.training
+        self.eval()
+        try:
+            return {m: self.codes(m, x, masks.get(m)) for m, x in features.items()}
+        finally:
+            self.train(was_training)
+
+    def _check_inputs(self, features: Mapping[str, torch.Tensor], text_mask: torch.Tensor | None,
+                      ) -> dict[str, torch.Tensor]:
+        unknown = [m for m in features if m not in self.modalities]
+        if unknown or not features:
+            raise ValueError(f"encode: expected features of the model's modalities {list(self.modalities)}, "
+                             f"found {list(features)}")
+        lead = None
+        for m, x in features.items():
+            want = self.input_shape(m)
+            fits = x.dim() == 2 + len(want) and all(w is None or w == n for w, n in zip(want, x.shape[2:]))
+            if not fits or not x.is_floating_point():
+                shape = ", ".join("*" if w is None else str(w) for w in want)
+                raise ValueError(f"encode: '{m}' features: expected a float tensor [B, T, {shape}], found "
+                                 f"{x.dtype} {list(x.shape)}")
+            if lead is not None and tuple(x.shape[:2]) != lead:
+                raise ValueError(f"encode: '{m}' features: expected the same [B, T] as the other modalities "
+                                 f"{list(lead)}, found {list(x.shape[:2])}")
+            lead = tuple(x.shape[:2])
+        if text_mask is None or "text" not in features:
+            return {}
+        masks = self._masks(text_mask, features)
+        if not bool(text_mask[:, 0].all()) or bool((text_mask[:, 1:] & ~text_mask[:, :-1]).any()):
+            raise ValueError("encode: text_mask: expected real tokens first (True) then padding (False), at least "
+                             "one real token per clip")
+        return masks

@@ -12,17 +12,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codaar.runtime.distributed import gather_batch
+
 REDUCTIONS = ("mean", "sum")
 
 
-def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
     """Squared error: "mean" over every element (authors' mse, spec §8.3), or "sum" over everything
-    but the batch dimension, averaged over the batch (the paper's summed squared norms)."""
-    if reduction == "mean":
-        return F.mse_loss(prediction, target)
+    but the batch dimension, averaged over the batch (the paper's summed squared norms).
+
+    mask [B, T] bool (padded text: True = a real step): padded steps count for nothing, and "mean"
+    is over the real steps' elements. An all-True mask gives the unmasked loss and gradients bit
+    for bit (the steps are multiplied by 1 and the mean rescaled by exactly 1). Under DDP the
+    real steps are counted over all ranks' clips, so the ranks' losses, averaged by DDP, are the
+    mean over the whole batch's real steps (as the unmasked mean is)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reconstruction_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    scale = None
+    if mask is not None:
+        weight = mask.to(prediction.dtype).view(*mask.shape, *[1] * (prediction.dim() - mask.dim()))
+        prediction, target = prediction * weight, target * weight
+        everywhere = gather_batch(mask.to(torch.uint8), dim=0)  # this mask itself in one process
+        scale = everywhere.numel() / everywhere.sum().clamp(min=1).to(prediction.dtype)
     if reduction == "sum":
         return (prediction - target).pow(2).sum() / prediction.shape[0]
-    raise ValueError(f"reconstruction_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    loss = F.mse_loss(prediction, target)
+    return loss if scale is None else loss * scale
 
 
 class CodeProjection(nn.Module):

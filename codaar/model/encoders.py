@@ -4,6 +4,10 @@ Spec §2.1-2.3. Every encoder is `ModalityEncoder(features, projection, temporal
   features(x)   -> (h [B, T, in_m], the input of the projection)
   z = temporal(h) [B, T, D]            (what the quantizer and CPC see)
   P = projection(...)                  (what the decoder gets beside the code)
+
+Per-clip text comes with a mask [B, L] (True = a real token, real tokens first): the text BiLSTM and
+the text encoder's transformer then never read padding. With an all-True mask every output and
+every gradient is the unmasked path's, bit for bit (tests/test_model_mask.py).
 """
 
 from __future__ import annotations
@@ -79,11 +83,30 @@ class LinearReLUProjection(nn.Module):
         return torch.relu(self.linear(x))
 
 
+def reverse_real(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """x [B, L, F] with each row's first lengths[b] steps in reverse order and its padding left in
+    place after them (its own inverse)."""
+    steps = torch.arange(x.shape[1], device=x.device)
+    length = lengths.unsqueeze(1)
+    source = torch.where(steps < length, length - 1 - steps, steps)
+    return x.gather(1, source.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
 class TextTokenLSTM(nn.Module):
     """BiLSTM over token embeddings [B, L, d_text] -> [B, L, 2*hidden] (spec §1.3 step 5).
 
     Trainable. Its output is both the text encoder's input and the text decoder's reconstruction
     target (not detached, as in the authors' code: the target partly defines itself, spec §8.15).
+
+    With a mask [B, L] (True = a real token, real tokens first) each caption is read as if it were
+    unpadded: the forward direction is causal, so padding after the last real token never reaches
+    a real step; the backward direction must start at the last real token, so for a caption with
+    padding it runs over its real tokens reversed in place (`reverse_real`). That is done layer by
+    layer (layer 2 reads both directions of layer 1), with fixed shapes and no host read, so the
+    step stays capturable in a CUDA graph. Padded steps of the output are zero.
+    A full caption takes its backward half from the same bidirectional call as the unmasked path
+    (the reversed run only serves captions with padding), so an all-True mask gives the unmasked
+    output and gradients bit for bit.
     """
 
     def __init__(self, token_dim: int = 768, hidden: int = 128, num_layers: int = 2) -> None:
@@ -94,8 +117,27 @@ class TextTokenLSTM(nn.Module):
     def out_dim(self) -> int:
         return 2 * self.lstm.hidden_size
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.lstm(tokens)[0]  # zero initial state
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            return self.lstm(tokens)[0]  # zero initial state
+        lengths, full = mask.sum(dim=1), mask.all(dim=1)[:, None, None]
+        hidden = self.lstm.hidden_size
+        h = tokens
+        for layer in range(self.lstm.num_layers):
+            both = self._layer(h, layer, ("", "_reverse"))
+            backward = reverse_real(self._layer(reverse_real(h, lengths), layer, ("_reverse",)), lengths)
+            h = torch.cat([both[..., :hidden], torch.where(full, both[..., hidden:], backward)], dim=-1)
+        return h * mask.unsqueeze(-1).to(h.dtype)
+
+    def _layer(self, x: torch.Tensor, layer: int, directions: tuple[str, ...]) -> torch.Tensor:
+        """One layer of the BiLSTM, both directions ("", "_reverse") or one, with its own weights:
+        the operation nn.LSTM itself calls, from a zero state."""
+        lstm = self.lstm
+        weights = [getattr(lstm, f"{name}_l{layer}{direction}") for direction in directions
+                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        zeros = x.new_zeros(len(directions), x.shape[0], lstm.hidden_size)
+        # (no dropout argument: this BiLSTM has none between its layers)
+        return torch.lstm(x, (zeros, zeros), weights, True, 1, 0.0, self.training, len(directions) == 2, True)[0]
 
 
 class TemporalModule(nn.Module):
@@ -118,8 +160,14 @@ class TemporalModule(nn.Module):
         # TransformerEncoder deep-copies `layer` num_layers times and does not register it.
         self.layers = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.layers(self.input(h))
+    def forward(self, h: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        """padding [B, T] bool: True at the steps no step attends to (padded text tokens), or None."""
+        if padding is not None and not self.training and not bool(padding.any()):
+            # torch's fused inference kernel rounds differently once it is given a mask, so
+            # without padding it gets none (training uses the exact path; this host read happens
+            # only in eval mode, never in a training step)
+            padding = None
+        return self.layers(self.input(h), src_key_padding_mask=padding)
 
 
 class ModalityEncoder(nn.Module):
@@ -131,6 +179,7 @@ class ModalityEncoder(nn.Module):
         self.projection = projection
         self.temporal = temporal
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, padding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """padding [B, T] bool, True at padded steps: the temporal module does not attend to them."""
         semantic, projection_input = self.features(x)
-        return self.temporal(semantic), self.projection(projection_input)
+        return self.temporal(semantic, padding), self.projection(projection_input)

@@ -244,12 +244,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ steps
     def _batch(self, positions: np.ndarray) -> dict[str, torch.Tensor]:
+        """The model's inputs for these clips, on the device; with text also its real-token mask
+        ("text_mask", all True for class prompts), which the model's text encoder and CPC respect."""
         items = self.dataset.__getitems__(positions)
         pin = self.device.type == "cuda"
+        modalities = self.model_config.modalities
         batch = {}
-        for m in self.model_config.modalities:
-            stacked = torch.stack([item[m] for item in items])
-            batch[m] = (stacked.pin_memory() if pin else stacked).to(self.device, non_blocking=True)
+        for key in (*modalities, *(("text_mask",) if "text" in modalities else ())):
+            stacked = torch.stack([item[key] for item in items])
+            batch[key] = (stacked.pin_memory() if pin else stacked).to(self.device, non_blocking=True)
         return batch
 
     def train_step(self, positions: np.ndarray) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

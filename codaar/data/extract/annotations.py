@@ -79,17 +79,6 @@ def window_labels(annotation: ClipAnnotation, window_start: int, segments: int,
     return labels_from_events(events, class_index, segments)
 
 
-def parse_fractions(text: str) -> tuple[float, float, float]:
-    """``--splits 0.8,0.1,0.1`` -> (train, val, test), non-negative, summing to 1."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or min(values) < 0 or not math.isclose(sum(values), 1.0, abs_tol=1e-6) or values[0] == 0:
-        raise ValueError(f"--splits: expected three fractions train,val,test summing to 1 with train > 0, got {text!r}")
-    return values
-
-
 def assign_splits(files: list[str], annotations: dict[str, ClipAnnotation], fractions, seed: int) -> dict[str, str]:
     """{file clip_id: split name} for the extracted files."""
     if any(annotations[f].split is not None for f in files):

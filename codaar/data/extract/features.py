@@ -16,9 +16,7 @@ import torch
 from . import weights as weight_files
 from .vgg19 import CHANNELS, STRIDE, VGG19Pool5
 from .vgg_stack import init_like_torchvision
-from .vggish import EMBEDDING_SIZE, POSTPROCESS, VGGish, VGGishPostprocess
-
-VIDEO_POOLING = ("none", "mean")
+from .vggish import EMBEDDING_SIZE, VGGish, VGGishPostprocess
 
 
 @dataclass(frozen=True)
@@ -52,13 +50,7 @@ class FeatureModels:
     """Builds the models (loading or initialising weights) and runs them on decoded windows."""
 
     def __init__(self, settings: ModelSettings):
-        if settings.vggish_postprocess not in POSTPROCESS:
-            raise ValueError(f"--vggish-postprocess: expected one of {POSTPROCESS}, got {settings.vggish_postprocess!r}")
-        if settings.video_pooling not in VIDEO_POOLING:
-            raise ValueError(f"--video-pooling: expected one of {VIDEO_POOLING}, got {settings.video_pooling!r}")
-        if settings.frame_size < STRIDE or settings.frame_size % STRIDE:
-            raise ValueError(f"--frame-size: expected a multiple of {STRIDE} (VGG-19 pools five times), "
-                             f"got {settings.frame_size}")
+        # the choices and the frame size were checked where they are declared (ExtractSettings)
         self.settings = settings
         self.device = torch.device(settings.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():

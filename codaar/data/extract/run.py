@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,8 @@ from . import annotations as label_files
 from . import captions as caption_files
 from .inputs import clip_ids_of, file_record, find_media
 from .logmel import EXAMPLE_FRAMES, NUM_BANDS, SAMPLE_RATE
-from .media import WINDOW_POLICIES, DecodeSettings, decoded_in_order
+from .media import DecodeSettings, decoded_in_order
+from .settings import ExtractSettings
 
 REPORT = "extract_report.json"
 UNLABELED = "unlabeled"
@@ -32,51 +33,6 @@ UNLABELED = "unlabeled"
 
 class TooManyBadFiles(RuntimeError):
     """More than ``max_bad_fraction`` of the input files could not be used."""
-
-
-@dataclass(frozen=True)
-class ExtractSettings:
-    segments: int = 10
-    window: str = "first"
-    frames_per_second: int = 1
-    frame_size: int = 224
-    video_pooling: str = "none"
-    video: bool = True
-    dtype: str = "float32"
-    vggish_postprocess: str = "none"
-    captions: str | None = None
-    caption_policy: str = "first"
-    labels: str | None = None
-    prompts: str | None = None
-    splits: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    text_featurizer: str = "hashed"
-    text_dim: int = 768
-    bert_path: str | None = None
-    bert_keep_ids: str | None = None
-    vggish_weights: str | None = None
-    vggish_pca_params: str | None = None
-    vgg19_weights: str | None = None
-    random_weights: bool = False
-    seed: int = 0
-    workers: int = 0
-    max_bad_fraction: float = 0.1
-    device: str = "cpu"
-
-    def check(self) -> None:
-        if self.segments < 1:
-            raise ValueError(f"--segments: expected a positive number of seconds, got {self.segments}")
-        if self.window not in WINDOW_POLICIES:
-            raise ValueError(f"--window: expected one of {WINDOW_POLICIES}, got {self.window!r}")
-        if self.frames_per_second < 1:
-            raise ValueError(f"--frames-per-second: expected at least 1, got {self.frames_per_second}")
-        if self.dtype not in ("float32", "float16"):
-            raise ValueError(f"--dtype: expected float32 or float16, got {self.dtype!r}")
-        if self.caption_policy not in caption_files.CAPTION_POLICIES:
-            raise ValueError(f"--caption-policy: expected one of {caption_files.CAPTION_POLICIES}, got {self.caption_policy!r}")
-        if not 0.0 <= self.max_bad_fraction <= 1.0:
-            raise ValueError(f"--max-bad-fraction: expected a fraction in [0, 1], got {self.max_bad_fraction}")
-        if self.workers < 0:
-            raise ValueError(f"--workers: expected 0 (decode in this process) or more, got {self.workers}")
 
 
 def _csv_digest(path) -> str | None:
@@ -97,7 +53,6 @@ def _codaar_version() -> str:
 # ------------------------------------------------------------------------------------------ the run
 class _Run:
     def __init__(self, inputs, out: Path, settings: ExtractSettings, progress: bool):
-        settings.check()
         self.s, self.out, self.progress = settings, out, progress
         self.files = find_media(inputs)
         self.ids = clip_ids_of(self.files)
@@ -118,13 +73,16 @@ class _Run:
                                                    seed=settings.seed, bert_path=settings.bert_path,
                                                    keep_token_ids_json=settings.bert_keep_ids)
 
+        import torch
+
         from .features import FeatureModels, ModelSettings
 
+        device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.models = FeatureModels(ModelSettings(
             vggish_weights=settings.vggish_weights, vggish_pca_params=settings.vggish_pca_params,
             vgg19_weights=settings.vgg19_weights, random_weights=settings.random_weights, seed=settings.seed,
             vggish_postprocess=settings.vggish_postprocess, frame_size=settings.frame_size,
-            video_pooling=settings.video_pooling, video=settings.video, device=settings.device))
+            video_pooling=settings.video_pooling, video=settings.video, device=device))
         self.decode = DecodeSettings(segments=t, window=settings.window, frames_per_second=settings.frames_per_second,
                                      frame_size=settings.frame_size, video=settings.video)
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .settings import VGGISH_POSTPROCESS as POSTPROCESS
 from .vgg_stack import conv_stack
 
 EMBEDDING_SIZE = 128
 QUANTIZE_MIN, QUANTIZE_MAX = -2.0, 2.0
-POSTPROCESS = ("none", "pca", "pca-quantize")
 _CONV_LAYERS = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M")
 
 
