@@ -101,19 +101,14 @@ def study_variants(studies, modalities) -> list[str]:
 
 def train_run(out: Path, flags: list[str], seed: int, size: list[str], log) -> Path:
     run = out / "runs" / flags[0] / f"seed{seed}"
-    if (run / "checkpoints" / "latest").is_file():
-        log(f"reusing {run}")
-        return run
-    if run.exists():  # an interrupted run: start over
-        import shutil
-
-        shutil.rmtree(run)
     run.parent.mkdir(parents=True, exist_ok=True)
+    # --resume auto: a run killed earlier continues from its newest verified checkpoint to the result an
+    # uninterrupted one reaches, a finished one trains no step, and settings that changed are refused.
     cmd = [sys.executable, "-m", "codaar.train", "--out", str(run), "--seed", str(seed), "--no-progress",
-           *size, *flags[1:]]
+           "--resume", "auto", *size, *flags[1:]]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     started = time.perf_counter()
-    with open(run.parent / f"seed{seed}.log", "w") as f:
+    with open(run.parent / f"seed{seed}.log", "a") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0:
         raise AblationError(f"training failed (exit {rc}): {' '.join(cmd)}; see {run.parent / f'seed{seed}.log'}")

@@ -294,11 +294,13 @@ class Trainer:
     def run(self) -> dict:
         cfg = self.cfg
         started, first_step = time.perf_counter(), self.step
-        recent = collections.deque(maxlen=self.batches.steps_per_epoch)
+        recent = collections.deque(self._logged_records(), maxlen=self.batches.steps_per_epoch)
         used = collections.deque(maxlen=self.batches.steps_per_epoch)
         progress = tqdm(total=self.total_steps, initial=self.step, desc="codaar", unit="step", dynamic_ncols=True,
                         disable=not (cfg.progress and self.group.is_main))
         log = open(self.metrics_path, "a") if self.group.is_main else None
+        if self.step >= self.total_steps and self.group.is_main:
+            print(f"{self.run_dir} already finished at step {self.step}: nothing to train")
         try:
             while self.step < self.total_steps:
                 epoch, position = divmod(self.step, self.batches.steps_per_epoch)
@@ -334,6 +336,14 @@ class Trainer:
         elapsed = time.perf_counter() - started
         return self._summary(recent, used, (self.step - first_step) / max(elapsed, 1e-9), elapsed)
 
+    def _logged_records(self) -> list[dict]:
+        """The steps a resumed run logged before this process started, so that its summary covers the
+        run's last epoch, not only the steps since the resume (none of them, for a finished run)."""
+        if self.step == 0 or not self.metrics_path.exists():
+            return []
+        lines = self.metrics_path.read_text().splitlines()[-self.batches.steps_per_epoch:]
+        return [json.loads(line) for line in lines if line.strip()]
+
     def _divergence_message(self, diverged: list[str]) -> str:
         try:
             last = ckpt.newest_verified(self.run_dir)[0]
@@ -353,20 +363,26 @@ class Trainer:
 
     def _summary(self, recent, used, steps_per_second: float, elapsed: float) -> dict:
         cfg, model_cfg, mods = self.cfg, self.model_config, self.model_config.modalities
-        mean = {key: float(np.mean([r[key] for r in recent])) for key in recent[-1]} if recent else {}
+        # (records logged by an older version may lack a key)
+        mean = {key: float(np.mean([r[key] for r in recent if key in r])) for key in recent[-1]} if recent else {}
         summary = {"steps": self.step, "steps_per_second": steps_per_second, "seconds": elapsed,
                    "run_dir": str(self.run_dir), "last_epoch_mean": mean}
+        # Codes used over the last epoch need its indices; a run resumed within it has only some of them,
+        # and then the last step's logged window (codes used in the last `active_window` updates) stands in.
+        window = self.model.quantizer.config.active_window
+        full_epoch = bool(used) and len(used) == min(self.batches.steps_per_epoch, self.step)
+        used_where = "last epoch" if full_epoch else f"last {window} steps"
         for m in mods:
-            summary[f"codes_used/{m}"] = int(torch.cat([u[m] for u in used]).unique().numel()) if used else 0
+            summary[f"codes_used/{m}"] = (int(torch.cat([u[m] for u in used]).unique().numel()) if full_epoch
+                                          else int(recent[-1].get(f"codes_recent/{m}", 0)) if recent else 0)
         summary["dead_codes_reset_last_epoch"] = int(sum(r.get("codes_reset", 0) for r in recent))
         last = recent[-1] if recent else {}
-        window = self.model.quantizer.config.active_window
         for m in mods:  # codebook health at the last step
             for key in ("codes_recent", "codes_dead", "max_abs_codeword"):
                 summary[f"{key}/{m}"] = last.get(f"{key}/{m}", math.nan)
         # Class-prompt text has only classes x tokens distinct inputs: few codes is no collapse there.
         varied = [m for m in mods if not (m == "text" and self.data.text_kind == "class-prompt")]
-        summary["warnings"] = collapse_warnings(summary, mean, varied, mods, model_cfg.num_codes)
+        summary["warnings"] = collapse_warnings(summary, mean, varied, mods, model_cfg.num_codes, used_where)
         if not self.group.is_main:
             return summary
         lines = [f"\nCoDAAR pretraining: {self.step} steps ({self.step / self.batches.steps_per_epoch:.1f} epochs), "
@@ -377,9 +393,11 @@ class Trainer:
                      f"{k} {mean[k]:.4f}" for k in mean if k.startswith(("rec/", "commit/", "dqa", "cpc"))
                      and not k.startswith("cpc_acc"))]
         for m in mods:
-            lines.append(f"  {m:<6} perplexity {mean.get(f'perplexity/{m}', math.nan):7.1f}   codes used in the "
-                         f"last epoch {summary[f'codes_used/{m}']}/{model_cfg.num_codes}, in the last {window} steps "
-                         f"{summary[f'codes_recent/{m}']:.0f}, max |codeword| {summary[f'max_abs_codeword/{m}']:.3g}")
+            usage = f"codes used in the {used_where} {summary[f'codes_used/{m}']}/{model_cfg.num_codes}"
+            if full_epoch:
+                usage += f", in the last {window} steps {summary[f'codes_recent/{m}']:.0f}"
+            lines.append(f"  {m:<6} perplexity {mean.get(f'perplexity/{m}', math.nan):7.1f}   {usage}, "
+                         f"max |codeword| {summary[f'max_abs_codeword/{m}']:.3g}")
         for a, b in itertools.combinations(mods, 2):
             lines.append(f"  index agreement {a}-{b}: {mean.get(f'agreement/{a}-{b}', math.nan):.3f} of frames")
         lines.append(f"  dead codes reset in the last epoch: {summary['dead_codes_reset_last_epoch']}")
@@ -396,7 +414,8 @@ COLLAPSED_SHARE, COLLAPSED_CODES = 0.02, 16
 UNALIGNED_AGREEMENT = 0.02  # modalities choosing the same index on fewer frames share no vocabulary
 
 
-def collapse_warnings(summary: dict, mean: dict, varied, modalities, num_codes: int) -> list[str]:
+def collapse_warnings(summary: dict, mean: dict, varied, modalities, num_codes: int,
+                      used_where: str = "last epoch") -> list[str]:
     """What the end-of-run summary warns about: a collapsed codebook (few codes used in the last
     epoch by a modality with varied inputs), or modalities whose indices are not shared."""
     warnings = []
@@ -404,8 +423,8 @@ def collapse_warnings(summary: dict, mean: dict, varied, modalities, num_codes: 
     for m in varied:
         used = summary.get(f"codes_used/{m}", math.nan)
         if used < threshold:
-            warnings.append(f"the {m} codebook looks collapsed: {used:.0f} of {num_codes} codes used in the last "
-                            f"epoch (the authors' init does this until the first dead-code reset, ~300 steps: "
+            warnings.append(f"the {m} codebook looks collapsed: {used:.0f} of {num_codes} codes used in the "
+                            f"{used_where} (the authors' init does this until the first dead-code reset, ~300 steps: "
                             f"train longer, or use the recommended preset's aligned init)")
     for a, b in itertools.combinations(modalities, 2):
         agreement = mean.get(f"agreement/{a}-{b}", math.nan)
