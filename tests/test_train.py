@@ -55,6 +55,20 @@ def exits_with_usage_error(capsys, run, *expected: str) -> None:
         assert text in err, (text, err)
 
 
+def test_a_finished_run_resumed_trains_nothing_and_summarises_its_last_epoch(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = TINY + ["--out", str(run), "--max-steps", "12", "--modalities", "video,audio"]
+    first = main(args)
+    capsys.readouterr()
+    again = main(args + ["--resume", "auto"])
+    printed = capsys.readouterr().out
+    assert "already finished at step 12: nothing to train" in printed and "nan" not in printed, printed
+    assert again["steps"] == 12 and again["last_epoch_mean"] == first["last_epoch_mean"]
+    assert again["warnings"] == [] and first["warnings"] == []
+    for m in ("video", "audio"):  # the logged window of the last step stands in for the epoch's indices
+        assert 0 < again[f"codes_used/{m}"] == first[f"codes_recent/{m}"]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 12
+
 def test_config_file_then_flags(tmp_path, capsys):
     settings = tmp_path / "run.toml"
     settings.write_text('epochs = 3\nmodalities = ["video", "audio"]\nlr = 1e-3\n')
