@@ -70,6 +70,10 @@ def cascade_variants(modalities) -> dict[str, list[str]]:
 
 
 def variant_flags(name: str) -> list[str]:
+    """The training flags of a variant; `a+b` combines two, e.g. `no-csa+init-official` (a component
+    removed under the authors' codebook init, as in the paper's tables)."""
+    if "+" in name:
+        return [flag for part in name.split("+") for flag in variant_flags(part)]
     if name in COMPONENTS:
         return list(COMPONENTS[name])
     if name.startswith("cascade-"):
@@ -77,7 +81,7 @@ def variant_flags(name: str) -> list[str]:
         if all(x in SHORT for x in letters):
             return ["--cascade", ",".join(SHORT[x] for x in letters)]
     raise AblationError(f"--variants: unknown variant {name!r}; expected one of {sorted(COMPONENTS)} or "
-                        f"cascade-<order> such as cascade-t-a-v")
+                        f"cascade-<order> such as cascade-t-a-v, or several joined by '+'")
 
 
 def study_variants(studies, modalities) -> list[str]:
@@ -185,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--studies", default="components,unimodal",
                    help="comma-separated: components,cascade,unimodal,inits,recipes")
-    p.add_argument("--variants", help="explicit comma-separated variants instead of --studies")
+    p.add_argument("--variants", help="explicit comma-separated variants instead of --studies; join variants "
+                   "with + to combine them, e.g. no-csa+init-official")
     p.add_argument("--seeds", default="43,44,45")
     p.add_argument("--modalities", default="video,audio,text")
     p.add_argument("--steps", type=int, help="pretraining steps (none: the trainer's default epochs)")

@@ -13,6 +13,9 @@ def test_variant_flags_and_studies():
     assert ablate.variant_flags("unimodal") == ["--no-dta", "--no-csa", "--no-dqa", "--no-cpc"]
     assert ablate.variant_flags("cascade-a-v-t") == ["--cascade", "audio,video,text"]
     assert len(ablate.study_variants(["cascade"], ("video", "audio", "text"))) == 6
+    assert ablate.variant_flags("no-csa+init-official") == ["--no-csa", "--codebook-init", "official"]
+    with pytest.raises(ablate.AblationError, match="unknown variant 'nope'"):
+        ablate.variant_flags("no-csa+nope")
     with pytest.raises(ablate.AblationError, match="unknown variant"):
         ablate.variant_flags("no-such")
 
