@@ -38,6 +38,7 @@ import argparse
 import itertools
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -263,7 +264,7 @@ def run_ablation(args: argparse.Namespace, argv: list[str] | None = None) -> dic
 
 def publish(out: Path, stem: str, text: str, argv, size, flags, seeds, **results) -> dict:
     """<out>/<stem>.md and .json with the command that made them; prints the tables."""
-    command = "python -m codaar.ablate " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m codaar.ablate " + shlex.join(argv if argv is not None else sys.argv[1:])
     payload = {"command": command, "train_flags": size, "variants": {v: f[1:] for v, f in flags.items()},
                "seeds": seeds, **results}
     tables.write(out, stem, text + f"\ncommand: `{command}`\n", payload)
