@@ -229,7 +229,8 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.slow
 def test_torchrun_restarts_a_killed_worker_and_ends_where_the_uninterrupted_run_ends(tmp_path):
     exact = TINY + ["--float64", "--dropout", "0", "--batch-size", "8", "--pretrain-clips", "48", "--max-steps",
-                    "24", "--checkpoint-every", "2", "--resume", "auto"]
+                    "24", "--checkpoint-every", "2", "--resume", "auto",
+                    "--dist-timeout", "120"]  # a wait on a peer that never comes fails instead of hanging
     torchrun(tmp_path, *exact, "--out", str(tmp_path / "straight"))
     run = tmp_path / "elastic"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

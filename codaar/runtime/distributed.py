@@ -9,6 +9,7 @@ sync; it is skipped entirely when not distributed.)
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -64,8 +65,11 @@ class ProcessGroup:
         return self.rank == 0
 
 
-def init_from_env(device: str = "auto") -> ProcessGroup:
+def init_from_env(device: str = "auto", timeout_s: float = 1800.0) -> ProcessGroup:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), if any.
+
+    timeout_s bounds every wait on a peer, so that a peer that never comes ends in an error torchrun
+    can restart instead of a hang.
 
     device: auto, cpu, cuda or cuda:N (one process; under torchrun each process takes the GPU of
     its LOCAL_RANK). nccl with one GPU per process when CUDA is used, gloo on CPUs."""
@@ -78,7 +82,13 @@ def init_from_env(device: str = "auto") -> ProcessGroup:
     if use_cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+        # torchrun shares one store across restarts of the group: without a per-restart prefix the
+        # restarted workers read the dead workers' Gloo addresses and fail (connection refused) or hang.
+        store = dist.PrefixStore(f"codaar/restart-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world,
+                                timeout=timeout)
     return ProcessGroup(rank, world, local, torch.device(f"cuda:{local}" if use_cuda else "cpu"))
 
 

@@ -25,7 +25,7 @@ EXIT_USAGE, EXIT_DIVERGED = 2, 3
 def main(argv: Sequence[str] | None = None) -> dict:
     cfg = parse_config(argv)
     try:
-        group = distributed.init_from_env(cfg.device)
+        group = distributed.init_from_env(cfg.device, cfg.dist_timeout)
         return Trainer(cfg, group).run()
     except USER_ERRORS as exc:
         _fail(exc, EXIT_USAGE)

@@ -67,6 +67,9 @@ class TrainConfig:
     # precision and device
     device: str = setting("auto", "auto (cuda if available), cpu, cuda or cuda:N", resume=FREE,
                           metavar="{auto,cpu,cuda,cuda:N}")
+    dist_timeout: float = setting(1800.0, "seconds processes under torchrun wait for each other (joining the "
+                                  "group, every collective) before failing: a peer stuck after a restart then "
+                                  "ends in an error that torchrun --max-restarts restarts", above=0, resume=FREE)
     float64: bool = setting(False, "train in float64, the authors' precision")
     bf16: bool = setting(False, "bf16 autocast for the encoders/decoders (CUDA only)")
     cuda_graph: bool = setting(False, "capture the training step in a CUDA graph after 3 warm-up steps and replay "
