@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from codaar.evaluate import tables
+from codaar.train.metrics_log import METRICS_FILE, read_metrics
 
 COMPONENTS = {
     "full": [], "no-cpc": ["--no-cpc"], "cpc-only": ["--no-dta", "--no-csa", "--no-dqa"], "no-csa": ["--no-csa"],
@@ -124,8 +125,7 @@ def train_run(out: Path, flags: list[str], seed: int, size: list[str], log) -> P
 def final_agreement(run: Path, window: int = 50) -> dict[str, float]:
     """Index agreement per pair (mean of the last `window` steps) and codebook usage at the end:
     codes each modality used within the quantizer's active window (100 updates)."""
-    lines = (run / "metrics.jsonl").read_text().splitlines()[-window:]
-    records = [json.loads(x) for x in lines if x.strip()]
+    records = read_metrics(run / METRICS_FILE, last=window)
     if not records:
         return {}
     row = {k: float(np.mean([r[k] for r in records])) for k in records[-1] if k.startswith("agreement/")}
@@ -162,11 +162,10 @@ def summarise(rows: dict[str, list[dict]]) -> tuple[str, dict]:
     for variant, per_seed in rows.items():
         keys = list(per_seed[0])
         summary[variant] = {k: {"mean": float(np.mean([r[k] for r in per_seed])),
-                                "std": float(np.std([r[k] for r in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0,
+                                "std": _std([r[k] for r in per_seed]),
                                 "values": [r[k] for r in per_seed]} for k in keys}
         main = [np.mean([r[k] for k in MAIN_COLUMNS if k in r]) for r in per_seed]
-        summary[variant]["avg"] = {"mean": float(np.mean(main)),
-                                   "std": float(np.std(main, ddof=1)) if len(main) > 1 else 0.0, "values": main}
+        summary[variant]["avg"] = {"mean": float(np.mean(main)), "std": _std(main), "values": main}
     columns = [c for c in MAIN_COLUMNS if any(c in s for s in summary.values())] + ["avg"]
     extra = sorted({k for s in summary.values() for k in s} - set(columns))
     header = ["variant", "seeds"] + [c.replace("precision ", "").upper() for c in columns]

@@ -8,7 +8,6 @@ transfer reaches 95% of the final checkpoint's. Keep the checkpoints to score wi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from codaar.evaluate import tables
 from codaar.evaluate.errors import EvaluationError
 from codaar.evaluate.features import load_eval_data, load_pretrained
 from codaar.train import checkpoint as ckpt
+from codaar.train.metrics_log import METRICS_FILE, read_metrics
 
 TRANSFER_SHARE = 0.95
 
@@ -70,8 +70,7 @@ def transfer_curve(run: str | Path, every: int = 1, tasks=("ave",), ave: dict | 
 
 def logged_health(run: Path, modalities) -> dict[str, list[float]]:
     """Per step from metrics.jsonl: codes each modality used within the active window, index agreement."""
-    path = run / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    records = read_metrics(run / METRICS_FILE)
     keys = [k for k in (records[0] if records else {}) if k.startswith(("codes_recent/", "agreement/"))]
     return {"step": [r["step"] for r in records], **{k: [r[k] for r in records] for k in keys}}
 

@@ -7,13 +7,13 @@ Needs matplotlib (Agg backend, no display).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from codaar.evaluate.errors import EvaluationError
+from codaar.train.metrics_log import METRICS_FILE, read_metrics
 
 COLORS = {"audio": "tab:blue", "video": "tab:orange", "text": "tab:green"}
 
@@ -60,15 +60,9 @@ def _save(plt, fig, path: Path) -> Path:  # noqa: ANN001 (matplotlib objects)
     return path
 
 
-def _records(metrics_path: Path) -> list[dict]:
-    if not metrics_path.is_file():
-        return []
-    return [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-
-
 def plot_agreement(metrics_path: Path, path: Path) -> Path | None:
     """agreement/<a>-<b> (share of frames where two modalities pick the same code) and codes used over steps."""
-    records = _records(metrics_path)
+    records = read_metrics(metrics_path)
     if not records:
         return None
     plt = _pyplot()
@@ -96,7 +90,7 @@ def plot_agreement(metrics_path: Path, path: Path) -> Path | None:
 def plot_health(metrics_path: Path, path: Path) -> Path | None:
     """Per modality over training: codes used within the last 100 updates, codes unused for more than
     the dead-code threshold, and the largest |codeword| entry (log scale: the authors' init explodes)."""
-    records = _records(metrics_path)
+    records = read_metrics(metrics_path)
     keys = sorted({k for r in records for k in r if k.startswith(("codes_recent/", "codes_dead/", "max_abs_codeword/"))})
     if not keys:
         return None  # a run from before these metrics existed
@@ -180,7 +174,7 @@ def plot_all(pretrained, data, out: Path) -> list[Path]:
     written = [plot_usage(indices, model.config.num_codes, out / "codebook_usage.png")]
     run_dir = Path(pretrained.path).parent.parent
     for plot, name in ((plot_agreement, "index_agreement.png"), (plot_health, "codebook_health.png")):
-        made = plot(run_dir / "metrics.jsonl", out / name)
+        made = plot(run_dir / METRICS_FILE, out / name)
         if made is not None:
             written.append(made)
     used = np.unique(np.concatenate(list(indices.values())))

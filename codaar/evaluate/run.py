@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from codaar.data import DataFormatError, TriModalData, build_synthetic, load_dataset, synthetic_config
 from codaar.evaluate import tables
@@ -23,7 +22,6 @@ from codaar.evaluate.features import Pretrained, check_compatible, load_eval_dat
 from codaar.evaluate.protocols import (
     AVE_DEFAULTS,
     AVVP_DEFAULTS,
-    PROTOCOLS,
     RETRIEVAL_DOC,
     Task,
     run_ave,
@@ -175,8 +173,8 @@ def write_report(result: dict, out: Path, protocols) -> str:
     parts = []
     for protocol in protocols:
         header, values = tables.transfer_row(result[protocol], mods)
-        notes = [f"'X->Y': head trained on X, scored on Y. AVE: the authors' batch-wise macro precision (%); "
-                 f"AVVP: precision at 0.5 over all segment x class cells (%) (the paper's 'segment-level accuracy').",
+        notes = ["'X->Y': head trained on X, scored on Y. AVE: the authors' batch-wise macro precision (%); "
+                 "AVVP: precision at 0.5 over all segment x class cells (%) (the paper's 'segment-level accuracy').",
                  f"protocol {protocol}: " + ("encoder in train mode for head training, AVE scored on the training "
                                              "split, AVVP best epoch chosen on the test modality (as coded)"
                                              if protocol == "official" else

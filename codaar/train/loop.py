@@ -36,6 +36,7 @@ from codaar.runtime.seeding import derived_seed
 from codaar.train import checkpoint as ckpt
 from codaar.train.config import TrainConfig, resume_differences, saved_configs
 from codaar.train.graph_step import GraphedTrainStep, set_learning_rate
+from codaar.train.metrics_log import METRICS_FILE, read_metrics
 
 
 class TrainingError(Exception):
@@ -135,7 +136,7 @@ class Trainer:
                             if getattr(self.model, name) is not None}
 
         self.run_dir = Path(cfg.out)
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.metrics_path = self.run_dir / METRICS_FILE
         self.skipped_steps = 0  # batches whose optimizer step --on-nonfinite skip left out
         self.lock = None
         try:
@@ -339,10 +340,7 @@ class Trainer:
     def _logged_records(self) -> list[dict]:
         """The steps a resumed run logged before this process started, so that its summary covers the
         run's last epoch, not only the steps since the resume (none of them, for a finished run)."""
-        if self.step == 0 or not self.metrics_path.exists():
-            return []
-        lines = self.metrics_path.read_text().splitlines()[-self.batches.steps_per_epoch:]
-        return [json.loads(line) for line in lines if line.strip()]
+        return read_metrics(self.metrics_path, last=self.batches.steps_per_epoch) if self.step > 0 else []
 
     def _divergence_message(self, diverged: list[str]) -> str:
         try:
@@ -362,7 +360,7 @@ class Trainer:
         return postfix
 
     def _summary(self, recent, used, steps_per_second: float, elapsed: float) -> dict:
-        cfg, model_cfg, mods = self.cfg, self.model_config, self.model_config.modalities
+        model_cfg, mods = self.model_config, self.model_config.modalities
         # (records logged by an older version may lack a key)
         mean = {key: float(np.mean([r[key] for r in recent if key in r])) for key in recent[-1]} if recent else {}
         summary = {"steps": self.step, "steps_per_second": steps_per_second, "seconds": elapsed,
@@ -372,11 +370,11 @@ class Trainer:
         window = self.model.quantizer.config.active_window
         full_epoch = bool(used) and len(used) == min(self.batches.steps_per_epoch, self.step)
         used_where = "last epoch" if full_epoch else f"last {window} steps"
+        last = recent[-1] if recent else {}
         for m in mods:
             summary[f"codes_used/{m}"] = (int(torch.cat([u[m] for u in used]).unique().numel()) if full_epoch
-                                          else int(recent[-1].get(f"codes_recent/{m}", 0)) if recent else 0)
+                                          else int(last.get(f"codes_recent/{m}", 0)))
         summary["dead_codes_reset_last_epoch"] = int(sum(r.get("codes_reset", 0) for r in recent))
-        last = recent[-1] if recent else {}
         for m in mods:  # codebook health at the last step
             for key in ("codes_recent", "codes_dead", "max_abs_codeword"):
                 summary[f"{key}/{m}"] = last.get(f"{key}/{m}", math.nan)
