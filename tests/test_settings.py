@@ -15,10 +15,10 @@ import pytest
 from codaar.evaluate.features import load_pretrained
 from codaar.model import CoDAARModel, ModelConfig
 from codaar.quantizer_config import QuantizerConfig
+from codaar.run_folder import checkpoint as ckpt
 from codaar.settings import RESUME_RULES, SettingsError, declared
-from codaar.train import checkpoint as ckpt
 from codaar.train.config import TrainConfig, build_parser, config_from_args, saved_configs
-from test_train import assert_same_run
+from tests.test_train import assert_same_run
 
 LEGACY_RUN = Path(__file__).parent / "fixtures" / "legacy_run_v1"  # written by codaar at a5a5020
 
@@ -162,7 +162,7 @@ def test_a_version_1_checkpoint_maps_onto_nested_settings():
     assert (model.dim, model.num_codes, model.modalities) == (old["dim"], old["num_codes"], tuple(old["modalities"]))
     assert train.model.projection_dim == 8 and train.max_steps == 2 and train.lr == meta["config"]["lr"]
     pretrained = load_pretrained(LEGACY_RUN)  # the weights load into the model the settings describe
-    assert pretrained.modalities == ("video", "audio", "text") and pretrained.train_config.batch_size == 20
+    assert pretrained.modalities == ("video", "audio", "text") and pretrained.run_settings["batch_size"] == 20
 
 
 def test_a_version_1_run_resumes_to_what_this_version_trains(tmp_path):
