@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from codaar.evaluate.features import load_pretrained
 from codaar.model import CoDAARModel, ModelConfig
@@ -141,7 +142,9 @@ def test_bad_values_in_a_config_file_and_type_errors(tmp_path):
 
 def test_the_command_line_refuses_before_writing_anything(tmp_path):
     out = tmp_path / "run"
-    for args in (["--clip-norm", "-1"], ["--lr-gamma", "-2"], ["--bf16", "--float64"], ["--device", "cuda:x"]):
+    no_cuda = [] if torch.cuda.is_available() else [["--device", "cuda"]]  # checked by the trainer, not the flag
+    for args in (["--clip-norm", "-1"], ["--lr-gamma", "-2"], ["--bf16", "--float64"], ["--device", "cuda:x"],
+                 *no_cuda):
         proc = subprocess.run([sys.executable, "-m", "codaar.train", "--out", str(out), *args],
                               capture_output=True, text=True, timeout=120)
         lines = proc.stderr.strip().splitlines()
