@@ -16,7 +16,7 @@ import pytest
 
 from codaar.data.extract.features import FeatureModels, ModelSettings
 from codaar.data.extract.media import DecodeSettings, decode_clip
-from extract_media import write_clip
+from tests.extract_media import write_clip
 
 
 @pytest.fixture(scope="module")

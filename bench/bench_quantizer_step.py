@@ -27,10 +27,10 @@ import pytest
 import torch
 
 import codaar_kernels as ops
-from authors_formulation import AuthorsState, authors_step
-from codaar.train.graph_step import capture_graph, run_on_stream
+from bench.step_flops import count_flops, report, step_flops
 from codaar.quantizer import CrossModalQuantizer
-from step_flops import count_flops, report, step_flops
+from codaar.train.graph_step import capture_graph, run_on_stream
+from tests.authors_formulation import AuthorsState, authors_step
 
 SHAPES = {"paper": dict(batch=80, frames=10, num_codes=800, dim=256),
           "scaled": dict(batch=6554, frames=10, num_codes=8192, dim=256)}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train_step_contestants import SHAPES, make_step
+from bench.train_step_contestants import SHAPES, make_step
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))

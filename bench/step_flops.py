@@ -6,31 +6,18 @@ baddbmm dispatched, forward and backward), plus the dot products of every Triton
 (exp, sqrt, the EMA) is not counted, on either side.
 
 The benchmarks (bench_quantizer_step.py) count the contestants they time and print the counts at
-the end of the run. Run alone, this file counts every contestant of the paper-shape step, Triton
-included on a machine without a GPU (under the Triton interpreter: slow, about a minute, but the
-count is that of the compiled kernels, which run the same launches):
-
-    python bench/step_flops.py
+the end of the run; `python -m profiles.quantizer_step_flops` counts every contestant of the
+paper-shape step without timing them.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
-if __name__ == "__main__":
-    import torch
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-    if not torch.cuda.is_available():
-        os.environ["TRITON_INTERPRET"] = "1"  # before any kernel is decorated
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from codaar_kernels import utilities  # noqa: E402
+from codaar_kernels import utilities
 
 
 def _matmul_add_flops(self_shape, a_shape, b_shape, *args, **kwargs) -> int:
@@ -74,25 +61,3 @@ def summary_lines() -> list[str]:
     lines += [f"  {name}: {fwd / 1e9:.3f} / {total / 1e9:.3f} GFLOP" for name, (fwd, total) in REPORT.items()]
     return lines
 
-
-def main() -> None:
-    from bench_quantizer_step import SHAPES, authors_forward, make_latents, make_quantizer, ours_forward
-
-    torch.set_flush_denormal(True)
-    shape = SHAPES["paper"]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    for contestant in ("triton", "eager-fp32", "authors"):
-        dtype = torch.float64 if contestant == "authors" else torch.float32
-        quantizer, latents = make_quantizer(shape, dtype, device), make_latents(shape, dtype, device)
-        if contestant == "authors":
-            forward = authors_forward(quantizer, latents)
-            backward = lambda out: (out["cmcm"] + sum(out["commit"])).backward()  # noqa: E731
-        else:
-            forward = ours_forward(quantizer, latents, "triton" if contestant == "triton" else "eager")
-            backward = lambda out: out.loss.backward()  # noqa: E731
-        report(f"quantizer step, paper shape: {contestant}", step_flops(forward, backward))
-    print("\n".join(summary_lines()))
-
-
-if __name__ == "__main__":
-    main()

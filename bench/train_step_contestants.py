@@ -13,18 +13,14 @@ seconds rather than minutes; the ratio, not the batch, is the point).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from authors_formulation import AuthorsState, authors_step  # noqa: E402
-from codaar.train.graph_step import GraphedTrainStep  # noqa: E402
-from codaar.model import CoDAARModel, ModelConfig  # noqa: E402
+from codaar.model import CoDAARModel, ModelConfig
+from codaar.train.graph_step import GraphedTrainStep
+from tests.authors_formulation import AuthorsState, authors_step
 
 SHAPES = {
     "default": dict(batch=80, model=dict(audio_dim=128, video_input="vector", video_dim=64, text_dim=128)),

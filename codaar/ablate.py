@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from codaar.evaluate import tables
-from codaar.train.metrics_log import METRICS_FILE, read_metrics
+from codaar.run_folder.metrics_log import METRICS_FILE, read_metrics
 
 COMPONENTS = {
     "full": [], "no-cpc": ["--no-cpc"], "cpc-only": ["--no-dta", "--no-csa", "--no-dqa"], "no-csa": ["--no-csa"],

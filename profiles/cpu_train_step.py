@@ -3,7 +3,7 @@
 Each (contestant, shape) runs in its own process, one after the other, so peak RSS is its own;
 the ratio is between runs of this same invocation on this same machine.
 
-    python profiles/cpu_train_step.py [--steps 4] [--shapes default,paper] [--json OUT.json]
+    python -m profiles.cpu_train_step [--steps 4] [--shapes default,paper] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(contestant: str, shape: str, steps: int) -> dict:
@@ -25,8 +25,7 @@ def measure(contestant: str, shape: str, steps: int) -> dict:
 
     import torch
 
-    sys.path.insert(0, str(BENCH))
-    from train_step_contestants import make_step
+    from bench.train_step_contestants import make_step
 
     torch.set_flush_denormal(True)
     step = make_step(contestant, shape)
@@ -53,8 +52,9 @@ def main() -> None:
     rows = []
     for shape in args.shapes.split(","):
         for contestant in ("codaar", "authors"):
-            out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--child", contestant, shape],
-                                 capture_output=True, text=True, check=True)
+            child = ["--steps", str(args.steps), "--child", contestant, shape]
+            out = subprocess.run([sys.executable, "-m", "profiles.cpu_train_step", *child], capture_output=True,
+                                 text=True, check=True, cwd=ROOT)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print("| shape | contestant | s/step | steps/s | peak RSS (MiB) | speed-up |")
     print("|---|---|---|---|---|---|")

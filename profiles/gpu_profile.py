@@ -2,7 +2,7 @@
 quantizer step (Triton vs eager, and Triton captured in a CUDA graph), and a torch.profiler capture of that
 step with its NVTX ranges, summarised as a table of the top kernels.
 
-    python profiles/gpu_profile.py OUT_DIR      (normally run by profiles/gpu_run.sh)
+    python -m profiles.gpu_profile OUT_DIR      (normally run by profiles/gpu_run.sh)
 """
 
 from __future__ import annotations
@@ -14,12 +14,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from triton.testing import do_bench
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-import codaar_kernels as ops  # noqa: E402
-from bench_quantizer_step import SHAPES, graphed_step, make_latents, make_quantizer  # noqa: E402
-from codaar_kernels.assign_triton import assign_triton  # noqa: E402
+import codaar_kernels as ops
+from bench.bench_quantizer_step import SHAPES, graphed_step, make_latents, make_quantizer
+from codaar_kernels.assign_triton import assign_triton
 
 
 def main(out: Path) -> None:

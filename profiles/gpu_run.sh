@@ -16,4 +16,4 @@ python -m pytest bench/bench_kernels.py bench/bench_quantizer_step.py "bench/ben
     -k "not train_step or cuda" -q -p no:cacheprovider \
     --benchmark-json "$out/bench.json" --benchmark-columns=mean,stddev,rounds --benchmark-group-by=group 2>&1 \
     | tee "$out/bench.txt"
-python profiles/gpu_profile.py "$out" 2>&1 | tee "$out/summary.md"
+python -m profiles.gpu_profile "$out" 2>&1 | tee "$out/summary.md"

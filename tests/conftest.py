@@ -10,8 +10,6 @@ Tests that need a CUDA device carry the `gpu` marker and are skipped without one
 """
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +17,6 @@ import torch
 CUDA = torch.cuda.is_available()
 os.environ["TRITON_INTERPRET"] = "0" if CUDA else "1"
 os.environ.setdefault("CODAAR_BACKEND", "eager")
-sys.path.insert(0, str(Path(__file__).parent))  # helper modules beside the tests (golden_cases, ...)
 
 
 def pytest_collection_modifyitems(config, items):

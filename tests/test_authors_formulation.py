@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from authors_formulation import AuthorsState, authors_step
 from codaar.quantizer import CrossModalQuantizer
+from tests.authors_formulation import AuthorsState, authors_step
 
 F64 = torch.float64
 

@@ -86,25 +86,29 @@ def test_tiny_baselines_behave(one_thread):
     assert max(results["random"][d]["accuracy"] for d in ("A->V", "V->A")) < 35
     assert min(results["cca-16"][d]["accuracy"] for d in ("A->V", "V->A")) > 60
     assert len(report["cca_correlations"]["A-V"]) == 16 and report["chance_accuracy"] == 10.0
-    table = markdown(report, "python -m codaar.data baselines --x")
+    table = markdown(report, "python -m codaar.evaluate baselines --x")
     assert "| linear CCA, k=16 |" in table and "best k per column (oracle)" in table
-    assert "command: `python -m codaar.data baselines --x`" in table
+    assert "command: `python -m codaar.evaluate baselines --x`" in table
 
 
 def test_cli_writes_json_and_markdown(tmp_path, capsys, one_thread):
-    from codaar.data.__main__ import main
+    from codaar.evaluate.__main__ import main
 
     args = ["baselines", "--preset", "hard", "--num-pretrain", "60", "--num-train", "40", "--num-val", "10",
             "--num-test", "20", "--head-epochs", "2", "--out", str(tmp_path / "tables" / "hard.json")]
-    assert main(args) == 0
+    returned = main(args)
     report = json.loads((tmp_path / "tables" / "hard.json").read_text())
     assert report["data"]["preset"] == "hard" and report["data"]["text_kind"] == "per-clip"
-    assert report["command"] == "python -m codaar.data " + " ".join(args)
+    assert report["command"] == returned["command"] == "python -m codaar.evaluate " + " ".join(args)
     assert report["settings"]["head"]["epochs"] == 2
     shown = (tmp_path / "tables" / "hard.md").read_text()
     assert shown in capsys.readouterr().out and "preset hard, seed 0" in shown
-    assert main(["baselines", "--data", str(tmp_path / "missing")]) == 2
-    assert "no such folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["baselines", "--data", str(tmp_path / "missing")])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("python -m codaar.evaluate baselines: error: ")
+    assert "no such folder" in error[0]
 
 
 @pytest.mark.parametrize("split", ["val", "pretrain"])

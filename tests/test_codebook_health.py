@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from codaar.quantizer import CrossModalQuantizer
-from codaar.train import checkpoint as ckpt
+from codaar.run_folder import checkpoint as ckpt
 from codaar.train import main
 
 MODS = ("video", "audio", "text")

@@ -12,7 +12,7 @@ import torch
 from codaar.data import (DataFormatError, HashedTextFeaturizer, TriModalDataset, build_synthetic, caption_tokens,
                          load_dataset, make_dataloader, read_manifest, validate, write_dataset)
 from codaar.data.format import write_dataset_files
-from data_helpers import assert_names, edit_manifest, expect_load_error
+from tests.data_helpers import assert_names, edit_manifest, expect_load_error
 
 SMALL = dict(num_pretrain=23, num_train=13, num_val=3, num_test=7)  # 46 clips
 

@@ -23,7 +23,7 @@ from codaar.data.__main__ import main as data_main
 from codaar.data.extract.logmel import hertz_to_mel
 from codaar.data.extract.media import DecodeSettings, decode_clip
 from codaar.data.text import HashedTextFeaturizer
-from extract_media import PALETTE, colour_of, tone_of, write_clip, write_truncated
+from tests.extract_media import PALETTE, colour_of, tone_of, write_clip, write_truncated
 
 T = 4
 FAST = ["--random-weights", "--segments", str(T), "--frame-size", "32", "--quiet"]

@@ -15,11 +15,12 @@ import torch
 
 from codaar.data import write_dataset
 from codaar.encode.__main__ import main as encode_main
-from codaar.evaluate.features import code_features, inputs, load_eval_data, load_pretrained, text_mask
+from codaar.evaluate.features import code_features, load_eval_data, load_pretrained
 from codaar.evaluate.protocols import HeadSettings, Task, run_ave, run_avvp, run_retrieval
 from codaar.model import CoDAARModel
+from codaar.pretrained import inputs, text_mask
+from codaar.run_folder.checkpoint import CheckpointError
 from codaar.train import main as train_main
-from codaar.train.checkpoint import CheckpointError
 
 TINY = ["--dim", "32", "--num-codes", "16", "--temporal-ffn-dim", "64", "--text-lstm-dim", "16",
         "--pretrain-clips", "120", "--batch-size", "20", "--max-steps", "3", "--no-progress"]

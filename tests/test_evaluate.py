@@ -149,6 +149,16 @@ def test_bad_inputs_give_clear_messages(loaded, run_dir, tmp_path):
     (broken / "tensors.safetensors").write_bytes((Path(pretrained.path) / "tensors.safetensors").read_bytes())
     with pytest.raises(EvaluationError, match="tensors.safetensors: the weights do not fit"):
         load_pretrained(broken)
+    # of the run's settings only those naming its pretraining data are read: a trainer setting this
+    # version does not know leaves the checkpoint readable, a malformed data setting does not
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["a_setting_of_another_version"] = "x"
+    (broken / "meta.json").write_text(json.dumps(meta))
+    assert load_pretrained(broken).run_settings["a_setting_of_another_version"] == "x"
+    meta["config"]["data_seed"] = "zero"
+    (broken / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(EvaluationError, match=r"meta.json: field 'config.data_seed': expected int, found 'zero'"):
+        load_pretrained(broken)
 
 
 # --------------------------------------------------------------------------------------- CLI

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from golden_cases import (
+from tests.golden_cases import (
     NAMES,
     TRAJECTORIES,
     blockwise_error,

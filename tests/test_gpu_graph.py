@@ -17,7 +17,7 @@ from codaar.runtime.distributed import ProcessGroup
 from codaar.train.config import parse_config
 from codaar.train.graph_step import GraphedTrainStep
 from codaar.train.loop import Trainer
-from test_train import TINY
+from tests.test_train import TINY
 
 pytestmark = pytest.mark.gpu  # skipped without a CUDA device (conftest.py)
 CUDA = ProcessGroup(device=torch.device("cuda"))

@@ -19,8 +19,8 @@ from codaar.quantizer import CrossModalQuantizer
 from codaar.train.config import parse_config
 from codaar.train.graph_step import GraphedTrainStep
 from codaar.train.loop import Trainer, TrainingError
-from host_sync import ForbidHostSync, HostSync
-from test_train import TINY
+from tests.host_sync import ForbidHostSync, HostSync
+from tests.test_train import TINY
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # Triton runs interpreted on the CPU
 

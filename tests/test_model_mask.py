@@ -13,7 +13,7 @@ from codaar.model import CoDAARModel, CrossModalCPC, TemporalModule, TextTokenLS
 from codaar.model.cpc import cpc_loss, cpc_pairs, pair_term
 from codaar.model.decoders import reconstruction_loss
 from codaar.model.encoders import reverse_real
-from test_model_codaar import AVT, B, T, make_batch, small_config
+from tests.test_model_codaar import AVT, B, T, make_batch, small_config
 
 LENGTHS = [T, 2, 1, 4]  # one full caption, three padded ones (B = 4, T = 5)
 

@@ -22,11 +22,11 @@ import codaar_kernels as ops
 from codaar.evaluate import EvaluationError
 from codaar.evaluate.features import load_pretrained
 from codaar.quantizer import CrossModalQuantizer
+from codaar.run_folder import checkpoint as ckpt
 from codaar.runtime.locks import FolderLock, is_held
-from codaar.train import checkpoint as ckpt
 from codaar.train import main
-from host_sync import ForbidHostSync
-from test_train import TINY, assert_same_run, exits_with_usage_error, final_tensors, torchrun
+from tests.host_sync import ForbidHostSync
+from tests.test_train import TINY, assert_same_run, exits_with_usage_error, final_tensors, torchrun
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

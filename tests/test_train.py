@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from codaar.train import checkpoint as ckpt
+from codaar.run_folder import checkpoint as ckpt
 from codaar.train import main
 from codaar.train.config import build_parser, parse_config
 

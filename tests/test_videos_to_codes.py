@@ -15,7 +15,7 @@ from codaar.encode.__main__ import main as encode_main
 from codaar.evaluate.__main__ import main as evaluate_main
 from codaar.evaluate.features import code_features, load_pretrained
 from codaar.train import main as train_main
-from extract_media import write_clip
+from tests.extract_media import write_clip
 
 CAPTIONS = ["a dog barks twice", "a bell rings", "a dog barks near a busy road at night", "bells",
             "the dog", "a church bell rings slowly in the rain", "a small dog barks", "one bell rings once"]

@@ -8,7 +8,7 @@ Typical use::
     data = load_dataset("runs/vggsound40k")  # a converted folder, memory-mapped
     loader = make_dataloader(data, "pretrain", batch_size=80)
 
-Command line: ``python -m codaar.data {synth,inspect,import-official,baselines} --help``.
+Command line: ``python -m codaar.data {synth,inspect,import-official,extract} --help``.
 """
 
 from .container import BACKGROUND, MODALITIES, TriModalData, validate, video_level_class

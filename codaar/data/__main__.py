@@ -1,11 +1,9 @@
 """``python -m codaar.data``: write the built-in data set, inspect a folder, import the authors' layout,
-extract features from media files, score a data set's reference baselines."""
+extract features from media files. (A data set's reference baselines: ``python -m codaar.evaluate baselines``.)"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -13,46 +11,9 @@ import numpy as np
 
 from .errors import DataFormatError
 from .extract import cli as extract_cli
+from .flags import add_synthetic_flags, parse_shape, synthetic_config_of
 from .format import load_dataset, read_manifest
-from .synthetic import PRESETS, build_synthetic, synthetic_config, write_synthetic
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a shape like 64 or 7,7,512, got {text!r}") from None
-    if not shape or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
-    return shape
-
-
-def _add_synthetic_options(p):
-    """The built-in data set's preset, seed and size overrides (shared by synth and baselines)."""
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="default: CPU-sized (audio 128, video 64, text 10x128); paper: the paper's shapes "
-                        "(video 7x7x512, text 10x768, ~3 GB); avvp: two events per clip, some single-modality, "
-                        "per-modality labels; hard: the default's sizes with held-out test factors (speakers, "
-                        "backgrounds, caption templates), misaligned and single-modality events, misleading "
-                        "backgrounds and per-clip captions")
-    p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
-    p.add_argument("--num-classes", type=int, help="event classes (default 10)")
-    p.add_argument("--num-pretrain", type=int, help="unlabeled pretraining clips")
-    p.add_argument("--num-train", type=int, help="labeled downstream training clips")
-    p.add_argument("--num-val", type=int, help="labeled validation clips")
-    p.add_argument("--num-test", type=int, help="labeled test clips")
-    p.add_argument("--audio-dim", type=int, help="audio features per segment (default 128)")
-    p.add_argument("--video-shape", type=_shape, help="video features per segment: D or H,W,C (default 64)")
-    p.add_argument("--text-dim", type=int, help="text embedding width (default 128; paper 768)")
-    p.add_argument("--text-tokens", type=int, help="tokens per prompt (default 10)")
-    p.add_argument("--noise-std", type=float, help="observation noise relative to unit-variance features (default 0.1)")
-
-
-def _synthetic_config(args):
-    return synthetic_config(args.preset, seed=args.seed, num_classes=args.num_classes, num_pretrain=args.num_pretrain,
-                            num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
-                            audio_dim=args.audio_dim, video_shape=args.video_shape, text_dim=args.text_dim,
-                            text_tokens=args.text_tokens, noise_std=args.noise_std)
+from .synthetic import write_synthetic
 
 
 def _add_synth(sub):
@@ -60,48 +21,9 @@ def _add_synth(sub):
                        description="Generate the built-in tri-modal data set from a seed and write it in the "
                                    "project's format (same seed and options -> identical files).")
     p.add_argument("out", type=Path, help="output folder (must not exist unless --overwrite)")
-    _add_synthetic_options(p)
+    add_synthetic_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _add_baselines(sub):
-    p = sub.add_parser("baselines", help="score the reference baselines of a data set",
-                       description="Within-modality ceiling, random projection and linear CCA on the raw features "
-                                   "(codaar/evaluate/baselines.py), scored with the clean AVE protocol; prints a "
-                                   "markdown table, and with --out writes OUT.json and OUT.md.")
-    p.add_argument("--data", type=Path, help="a data set folder instead of the built-in preset")
-    _add_synthetic_options(p)
-    p.add_argument("--out", type=Path, help="write OUT.json and OUT.md (a .json/.md suffix is dropped)")
-    p.add_argument("--head-lr", type=float, help="learning rate of the AVE head (default 1e-2)")
-    p.add_argument("--head-epochs", type=int, help="epochs of the AVE head (default 100)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: tiny heads run slower "
-                                                         "on more threads of a busy machine)")
-
-
-def _baselines(args, argv) -> None:
-    import dataclasses
-
-    import torch
-
-    from codaar.evaluate.baselines import BaselineSettings, markdown, run_baselines
-
-    torch.set_num_threads(args.threads)
-    data = load_dataset(args.data) if args.data is not None else build_synthetic(_synthetic_config(args))
-    settings = BaselineSettings()
-    head = {k: v for k, v in (("lr", args.head_lr), ("epochs", args.head_epochs)) if v is not None}
-    settings = dataclasses.replace(settings, head=dataclasses.replace(settings.head, **head))
-    report = run_baselines(data, settings, log=lambda line: print(line, file=sys.stderr))
-    command = "python -m codaar.data " + shlex.join(argv)
-    report["command"] = command
-    text = markdown(report, command)
-    print(text)
-    if args.out is not None:
-        stem = args.out.with_suffix("") if args.out.suffix in (".json", ".md") else args.out
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        stem.with_name(stem.name + ".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        stem.with_name(stem.name + ".md").write_text(text, encoding="utf-8")
-        print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
 
 
 def _add_inspect(sub):
@@ -122,8 +44,8 @@ def _add_import(sub):
     p.add_argument("--video-dir", type=Path, required=True, help="folder of <video_id>.zip video features [T,7,7,512]")
     p.add_argument("--prompts", type=Path, required=True, help="CSV with columns label,prompt")
     p.add_argument("--categories", type=Path, help="class list, one per line (order = class id; default: sorted meta categories)")
-    p.add_argument("--audio-shape", type=_shape, default=(128,), help="audio features per segment (default 128)")
-    p.add_argument("--video-shape", type=_shape, default=(7, 7, 512), help="video features per segment (default 7,7,512)")
+    p.add_argument("--audio-shape", type=parse_shape, default=(128,), help="audio features per segment (default 128)")
+    p.add_argument("--video-shape", type=parse_shape, default=(7, 7, 512), help="video features per segment (default 7,7,512)")
     p.add_argument("--segments", type=int, default=10, help="segments per clip; shorter clips repeat their last row, longer ones are truncated")
     p.add_argument("--ave-labels", type=Path, help="AVE Annotations.txt (Category&VideoID&Quality&StartTime&EndTime) -> [10, C+1] labels")
     p.add_argument("--avvp-audio", type=Path, help="AVVP audio label CSV (filename, onset, offset, event_labels)")
@@ -175,16 +97,13 @@ def main(argv=None) -> int:
     _add_synth(sub)
     _add_inspect(sub)
     _add_import(sub)
-    _add_baselines(sub)
     extract_cli.add_parser(sub)
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     try:
         if args.command == "synth":
-            data = write_synthetic(args.out, _synthetic_config(args), overwrite=args.overwrite, progress=not args.quiet)
+            data = write_synthetic(args.out, synthetic_config_of(args), overwrite=args.overwrite,
+                                   progress=not args.quiet)
             print(f"wrote {args.out}\n{data.summary()}")
-        elif args.command == "baselines":
-            _baselines(args, argv)
         elif args.command == "inspect":
             _print_summary(args.dir, finite=not args.no_finite_check)
         elif args.command == "extract":

@@ -30,10 +30,16 @@ from tqdm import tqdm
 
 from codaar.data.format import atomic_output_dir
 from codaar.data.synthetic import PRESETS as DATA_PRESETS
-from codaar.evaluate.errors import EvaluationError
-from codaar.evaluate.features import inputs, load_eval_data, text_mask
 from codaar.model.config import KNOWN_MODALITIES
-from codaar.model.pretrained import CheckpointError, Pretrained, load_pretrained
+from codaar.pretrained import (
+    CheckpointError,
+    Pretrained,
+    PretrainedDataError,
+    inputs,
+    load_eval_data,
+    load_pretrained,
+    text_mask,
+)
 from codaar.settings import SettingsError, setting, settings
 
 FORMAT = "codaar-codes"
@@ -91,7 +97,7 @@ def encode_dataset(checkpoint, out, settings: EncodeSettings | None = None, *, o
                           f"found {unknown}")
     try:
         data = load_eval_data(pretrained, settings.data, settings.data_preset, settings.data_seed, modalities)
-    except EvaluationError as exc:
+    except PretrainedDataError as exc:
         raise EncodeError(str(exc)) from None
     clips = _clips(data, settings.split)
     device = torch.device(settings.device)

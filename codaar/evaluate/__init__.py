@@ -8,6 +8,8 @@ Modules, one idea each:
   metrics   -- the authors' batch-wise metrics (AVE macro precision, AVVP P/R/F1) and Recall@K
   tables    -- paper-style tables (markdown + JSON)
   plots     -- PNG plots: codebook usage, agreement and health over training, same-index codewords
+  curve     -- transfer over training: every saved checkpoint of a run scored (`--curve`)
+  baselines -- a data set's reference baselines, no checkpoint (`python -m codaar.evaluate baselines`)
   errors    -- EvaluationError: bad inputs, reported by the command line with exit status 2
 
 Ablations (pretraining + evaluation per variant and seed): ``python -m codaar.ablate``.

@@ -11,25 +11,39 @@
 `--protocol clean` (default) or `official` (the authors' scripts as coded) or `both`; see
 `codaar.evaluate.protocols` for exactly what differs. A user error (no checkpoint, data that does
 not fit the model, missing labels) prints one line and exits with status 2.
+
+`python -m codaar.evaluate baselines [--data DIR | --preset P ...]`: a data set's reference
+baselines, without a checkpoint (`codaar.evaluate.baselines`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import shlex
 import sys
 from pathlib import Path
 
 import torch
 
+from codaar.data import DataFormatError, build_synthetic, load_dataset
+from codaar.data.flags import add_synthetic_flags, synthetic_config_of
+from codaar.evaluate.baselines import BaselineSettings, markdown, run_baselines
 from codaar.evaluate.curve import transfer_curve
 from codaar.evaluate.errors import EvaluationError
 from codaar.evaluate.protocols import AVE_DEFAULTS, AVVP_DEFAULTS, PROTOCOLS
 from codaar.evaluate.run import TASKS, evaluate
 
+BASELINES = "baselines"  # the subcommand; any other first argument is a checkpoint
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m codaar.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog=f"A data set's reference baselines, without a checkpoint: python -m "
+                                       f"codaar.evaluate {BASELINES} --help (a run folder named {BASELINES}: "
+                                       f"./{BASELINES}).")
     p.add_argument("checkpoint", help="a run folder (uses checkpoints/latest) or a checkpoint folder")
     p.add_argument("--data", help="data folder in the project's format (default: the built-in data set the "
                    "checkpoint was pretrained on, from its config)")
@@ -62,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [BASELINES]:
+        return baselines(argv[1:])
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,6 +117,49 @@ def run_cli(args: argparse.Namespace, protocols: tuple[str, ...], out: Path) -> 
         transfer_data=args.transfer_data, transfer_preset=args.transfer_preset, transfer_seed=args.transfer_seed,
         class_map=args.class_map, out=out, plots=not args.no_plots, name=args.name,
         log=lambda s: print(s, file=sys.stderr))
+
+
+def build_baselines_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m codaar.evaluate {BASELINES}",
+                                description="Score the reference baselines of a data set: within-modality ceiling, "
+                                            "random projection and linear CCA on the raw features "
+                                            "(codaar/evaluate/baselines.py), with the clean AVE protocol; prints a "
+                                            "markdown table, and with --out writes OUT.json and OUT.md.")
+    p.add_argument("--data", type=Path, help="a data set folder instead of the built-in preset")
+    add_synthetic_flags(p)
+    p.add_argument("--out", type=Path, help="write OUT.json and OUT.md (a .json/.md suffix is dropped)")
+    p.add_argument("--head-lr", type=float, help="learning rate of the AVE head (default 1e-2)")
+    p.add_argument("--head-epochs", type=int, help="epochs of the AVE head (default 100)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: tiny heads run slower "
+                                                         "on more threads of a busy machine)")
+    return p
+
+
+def baselines(argv: list[str]) -> dict:
+    """`python -m codaar.evaluate baselines ...`: the report of `run_baselines`, printed as a table (and
+    written to OUT.json / OUT.md with --out). A user error prints one line and exits with status 2."""
+    args = build_baselines_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        data = load_dataset(args.data) if args.data is not None else build_synthetic(synthetic_config_of(args))
+        settings = BaselineSettings()
+        head = {k: v for k, v in (("lr", args.head_lr), ("epochs", args.head_epochs)) if v is not None}
+        settings = dataclasses.replace(settings, head=dataclasses.replace(settings.head, **head))
+        report = run_baselines(data, settings, log=lambda line: print(line, file=sys.stderr))
+        command = f"python -m codaar.evaluate {BASELINES} " + shlex.join(argv)
+        report["command"] = command
+        text = markdown(report, command)
+        print(text)
+        if args.out is not None:
+            stem = args.out.with_suffix("") if args.out.suffix in (".json", ".md") else args.out
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            stem.with_name(stem.name + ".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+            stem.with_name(stem.name + ".md").write_text(text, encoding="utf-8")
+            print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
+    except (DataFormatError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"python -m codaar.evaluate {BASELINES}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return report
 
 
 def cli() -> None:

@@ -15,8 +15,8 @@ import numpy as np
 from codaar.evaluate import tables
 from codaar.evaluate.errors import EvaluationError
 from codaar.evaluate.features import load_eval_data, load_pretrained
-from codaar.train import checkpoint as ckpt
-from codaar.train.metrics_log import METRICS_FILE, read_metrics
+from codaar.run_folder import checkpoint as ckpt
+from codaar.run_folder.metrics_log import METRICS_FILE, read_metrics
 
 TRANSFER_SHARE = 0.95
 

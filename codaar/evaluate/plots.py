@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from codaar.evaluate.errors import EvaluationError
-from codaar.train.metrics_log import METRICS_FILE, read_metrics
+from codaar.run_folder.metrics_log import METRICS_FILE, read_metrics
 
 COLORS = {"audio": "tab:blue", "video": "tab:orange", "text": "tab:green"}
 

@@ -28,12 +28,12 @@ import torch
 from torch import nn
 
 from codaar.data import TriModalData, video_level_class
-
+from codaar.pretrained import Pretrained
 from codaar.runtime.schedule import step_decay
 
 from . import metrics
 from .errors import EvaluationError
-from .features import Pretrained, code_features, require_labels, require_split
+from .features import code_features, require_labels, require_split
 from .heads import AVEHead, AVVPHead, ExpLogLoss
 
 PROTOCOLS = ("clean", "official")

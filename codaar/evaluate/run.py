@@ -18,7 +18,7 @@ import numpy as np
 from codaar.data import DataFormatError, TriModalData, build_synthetic, load_dataset, synthetic_config
 from codaar.evaluate import tables
 from codaar.evaluate.errors import EvaluationError
-from codaar.evaluate.features import Pretrained, check_compatible, load_eval_data, load_pretrained
+from codaar.evaluate.features import check_compatible, load_eval_data, load_pretrained
 from codaar.evaluate.protocols import (
     AVE_DEFAULTS,
     AVVP_DEFAULTS,
@@ -29,6 +29,7 @@ from codaar.evaluate.protocols import (
     run_retrieval,
     with_settings,
 )
+from codaar.pretrained import Pretrained
 
 TASKS = ("ave", "avvp", "retrieval")
 

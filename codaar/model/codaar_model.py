@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from codaar.model.config import ModelConfig
+from codaar.model.config import ModelConfig, saved_model_config
 from codaar.model.cpc import CrossModalCPC
 from codaar.model.decoders import SpatialVideoDecoder, VectorDecoder, reconstruction_loss
 from codaar.model.encoders import (
@@ -28,6 +28,8 @@ from codaar.model.encoders import (
     TextTokenLSTM,
 )
 from codaar.quantizer import CrossModalQuantizer, LookupOutput
+from codaar.run_folder import checkpoint as ckpt
+from codaar.run_folder.checkpoint import CheckpointError
 from codaar.runtime.profiling import nvtx_range
 
 
@@ -195,11 +197,36 @@ class CoDAARModel(nn.Module):
     def from_checkpoint(cls, path: str | Path) -> CoDAARModel:
         """The model of a run folder (its newest checkpoint) or a checkpoint folder, verified against
         its recorded SHA-256, on the CPU in float32, frozen and in eval mode. Raises CheckpointError
-        naming the file and the problem (`codaar.model.pretrained.load_pretrained` also returns the
+        naming the file and the problem (`codaar.pretrained.load_pretrained` also returns the
         checkpoint's metadata and the run's settings)."""
-        from codaar.model.pretrained import load_pretrained
+        tensors, meta = ckpt.load_checkpoint(Path(path))
+        return cls.from_saved(tensors, meta, ckpt.resolve_checkpoint(Path(path)))
 
-        return load_pretrained(path).model
+    @classmethod
+    def from_saved(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, object], folder: Path) -> CoDAARModel:
+        """The model of a checkpoint's tensors and meta.json, as `codaar.run_folder.checkpoint.
+        load_checkpoint` read them from `folder`: on the CPU in float32, frozen and in eval mode. Raises
+        CheckpointError when the weights are not finite or do not fit the settings in meta.json."""
+        config = saved_model_config(meta, str(folder / ckpt.META))
+        weights = ckpt.prefixed(tensors, "model")
+        broken = [name for name, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if broken:
+            raise CheckpointError(f"{folder / ckpt.TENSORS}: non-finite values in {', '.join(broken[:5])}"
+                                  f"{' and more' if len(broken) > 5 else ''} (the run diverged); use an earlier "
+                                  f"checkpoint")
+        try:
+            model = cls(config)
+            model.load_state_dict(weights)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0][:400]
+            raise CheckpointError(f"{folder / ckpt.TENSORS}: the weights do not fit the model of meta.json "
+                                  f"'model_config' ({first})") from None
+        model.float()
+        model.quantizer.freeze(True)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.eval()
+        return model
 
     def input_shape(self, modality: str) -> tuple[int | None, ...]:
         """The shape of one time step of `modality`'s input (None: any size)."""

@@ -8,8 +8,11 @@ properties below only read them from there.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from codaar.model.cpc import VARIANTS as CPC_VARIANTS
 from codaar.quantizer_config import QuantizerConfig
+from codaar.run_folder.checkpoint import CheckpointError
 from codaar.settings import SettingsError, nested, setting, settings
 
 KNOWN_MODALITIES = ("video", "audio", "text")
@@ -73,3 +76,20 @@ class ModelConfig:
     @property
     def preset(self) -> str:
         return self.quantizer.preset
+
+
+def saved_model_config(meta: Mapping[str, object], where: str) -> ModelConfig:
+    """The resolved model (input sizes from the data) of a checkpoint's meta.json.
+
+    Checkpoints before nested settings (format version 1) stored a flat dictionary, the quantizer's
+    extra settings under 'quantizer_overrides'; its names are today's flat names."""
+    model = meta.get("model_config")
+    if not isinstance(model, Mapping):
+        raise CheckpointError(f"{where}: field 'model_config': expected the run's settings (a JSON object), found "
+                              f"{type(model).__name__}")
+    model = dict(model)
+    model.update(model.pop("quantizer_overrides", None) or {})  # version 1
+    try:
+        return ModelConfig.from_dict(model)
+    except SettingsError as exc:
+        raise CheckpointError(f"{where}: {exc} (a checkpoint of another codaar version?)") from None

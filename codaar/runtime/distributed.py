@@ -16,8 +16,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from codaar.settings import SettingsError
-
 
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -74,8 +72,6 @@ def init_from_env(device: str = "auto", timeout_s: float = 1800.0) -> ProcessGro
     device: auto, cpu, cuda or cuda:N (one process; under torchrun each process takes the GPU of
     its LOCAL_RANK). nccl with one GPU per process when CUDA is used, gloo on CPUs."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise SettingsError("device", "a device of this machine (it has no CUDA device)", device)
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return ProcessGroup(device=torch.device(device if device.startswith("cuda:") else "cuda" if use_cuda else "cpu"))
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))

@@ -3,11 +3,10 @@
 Modules, one idea each:
   config      -- TrainConfig (holding ModelConfig and QuantizerConfig), the command line, resume rules
   loop        -- the Trainer: data, model, optimizer, steps, logging, summary
-  checkpoint  -- atomic safetensors + JSON checkpoints (no pickle)
   graph_step  -- the training step captured in a CUDA graph (--cuda-graph)
 
-The names below are imported on first use: readers of checkpoints (the evaluation) import
-`codaar.train.checkpoint` without the training loop.
+The run folder's files (checkpoints, metrics.jsonl) are `codaar.run_folder`, which the other
+programs read without the trainer. The names below are imported on first use.
 """
 
 from codaar.runtime.lazy import lazy_exports

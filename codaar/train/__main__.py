@@ -10,11 +10,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+import torch
+
 from codaar.data import DataFormatError
+from codaar.run_folder.checkpoint import CheckpointError
 from codaar.runtime import distributed
 from codaar.runtime.locks import FolderBusyError
 from codaar.settings import SettingsError
-from codaar.train.checkpoint import CheckpointError
 from codaar.train.config import parse_config
 from codaar.train.loop import DivergenceError, Trainer, TrainingError
 
@@ -25,6 +27,8 @@ EXIT_USAGE, EXIT_DIVERGED = 2, 3
 def main(argv: Sequence[str] | None = None) -> dict:
     cfg = parse_config(argv)
     try:
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise SettingsError("device", "a device of this machine (it has no CUDA device)", cfg.device)
         group = distributed.init_from_env(cfg.device, cfg.dist_timeout)
         return Trainer(cfg, group).run()
     except USER_ERRORS as exc:

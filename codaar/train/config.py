@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from codaar.data.synthetic import PRESETS as DATA_PRESETS
-from codaar.model.config import ModelConfig
-from codaar.train.checkpoint import CheckpointError
+from codaar.model.config import ModelConfig, saved_model_config
+from codaar.run_folder.checkpoint import CheckpointError
 from codaar.settings import (
     CHANGES,
     FREE,
@@ -163,20 +163,20 @@ def saved_configs(meta: Mapping[str, object], where: str) -> tuple[TrainConfig, 
 
     Checkpoints before nested settings (format version 1) stored flat dictionaries and the
     quantizer's extra settings under 'quantizer_overrides'; their names are today's flat names."""
-    train, model = meta.get("config"), meta.get("model_config")
-    for name, value in (("config", train), ("model_config", model)):
-        if not isinstance(value, Mapping):
-            raise CheckpointError(f"{where}: field '{name}': expected the run's settings (a JSON object), found "
-                                  f"{type(value).__name__}")
-    model = dict(model)
+    train = meta.get("config")
+    if not isinstance(train, Mapping):
+        raise CheckpointError(f"{where}: field 'config': expected the run's settings (a JSON object), found "
+                              f"{type(train).__name__}")
+    model_config = saved_model_config(meta, where)
+    model = meta["model_config"]
     if "quantizer_overrides" in model:  # version 1: the model's own settings were not in the run's
-        model.update(model.pop("quantizer_overrides") or {})
+        model = {**model, **(model["quantizer_overrides"] or {})}
         settable = {name for name, decl in declared(ModelConfig).items() if decl.meta["flag"]}
         train = {**{k: v for k, v in model.items() if k in settable}, **train}
         if isinstance(train.get("resume"), bool):  # was a switch
             train["resume"] = "yes" if train["resume"] else "no"
     try:
-        return TrainConfig.from_dict(train), ModelConfig.from_dict(model)
+        return TrainConfig.from_dict(train), model_config
     except SettingsError as exc:
         raise CheckpointError(f"{where}: {exc} (a checkpoint of another codaar version?)") from None
 

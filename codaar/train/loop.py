@@ -28,15 +28,15 @@ from tqdm import tqdm
 from codaar.data import TriModalData, build_synthetic, load_dataset, synthetic_config
 from codaar.data.loader import TriModalDataset
 from codaar.model import CoDAARModel, ModelConfig
+from codaar.run_folder import checkpoint as ckpt
+from codaar.run_folder.metrics_log import METRICS_FILE, read_metrics
 from codaar.runtime import distributed
 from codaar.runtime.locks import FolderLock
 from codaar.runtime.profiling import nvtx_range
 from codaar.runtime.schedule import step_decay
 from codaar.runtime.seeding import derived_seed
-from codaar.train import checkpoint as ckpt
 from codaar.train.config import TrainConfig, resume_differences, saved_configs
 from codaar.train.graph_step import GraphedTrainStep, set_learning_rate
-from codaar.train.metrics_log import METRICS_FILE, read_metrics
 
 
 class TrainingError(Exception):

@@ -1,0 +1,1 @@
+"""Benchmarks (pytest-benchmark): `python -m pytest bench/<file>.py`; helpers import as `bench.<module>`."""

@@ -1,0 +1,148 @@
+"""A trained model with what it was trained on: the model of a checkpoint, the checkpoint's
+metadata, the run's recorded settings, and the data set to run the model on.
+
+One loader for the programs that read trained models: the evaluation (`codaar.evaluate`) and the
+code export (`codaar.encode`); the model alone is `CoDAARModel.from_checkpoint`. Every problem with
+the checkpoint (none there, a corrupt tensor file, non-finite weights, weights that do not fit the
+settings in meta.json) raises `CheckpointError` naming the file and what is wrong; data that cannot
+be read or does not fit the model raises `PretrainedDataError` naming the data, the field, what was
+expected and what was found.
+
+Of the run's settings (the trainer's `TrainConfig`, as meta.json records it) only the model's and
+the four that name the pretraining data are read, so a checkpoint stays readable here when the
+trainer's other settings change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codaar.data import DataFormatError, TriModalData, build_synthetic, load_dataset, synthetic_config
+from codaar.model.codaar_model import CoDAARModel
+from codaar.run_folder import checkpoint as ckpt
+from codaar.run_folder.checkpoint import CheckpointError
+
+__all__ = ["CheckpointError", "Pretrained", "PretrainedDataError", "check_compatible", "inputs", "load_eval_data",
+           "load_pretrained", "text_mask"]
+
+# The run's settings that name its pretraining data, and the JSON types the trainer records them as.
+PRETRAINING_DATA = {"data": (str, type(None)), "data_preset": (str,), "data_seed": (int,),
+                    "pretrain_clips": (int, type(None))}
+
+
+class PretrainedDataError(ValueError):
+    """Data that cannot be read for a trained model, or does not fit it."""
+
+
+@dataclass
+class Pretrained:
+    model: CoDAARModel
+    meta: dict  # checkpoint meta.json
+    path: Path  # the checkpoint folder
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.model.modalities
+
+    @property
+    def epoch(self) -> int:
+        return int(self.meta.get("epoch", 0))
+
+    @property
+    def run_settings(self) -> Mapping[str, object]:
+        """The run's settings as meta.json records them (`TrainConfig.to_dict()`; flat in format version 1)."""
+        return self.meta["config"]
+
+    @property
+    def tensors_sha256(self) -> str:
+        """SHA-256 of the checkpoint's tensor file (recorded in meta.json since format version 2)."""
+        return self.meta.get("tensors_sha256") or ckpt.file_digest(self.path / ckpt.TENSORS)
+
+
+def load_pretrained(path: str | Path) -> Pretrained:
+    """Model (weights, codebooks) of a checkpoint folder or a run folder (its `latest` checkpoint)."""
+    tensors, meta = ckpt.load_checkpoint(Path(path))
+    folder = ckpt.resolve_checkpoint(Path(path))
+    model = CoDAARModel.from_saved(tensors, meta, folder)
+    _check_pretraining_data(meta, str(folder / ckpt.META))
+    return Pretrained(model, meta, folder)
+
+
+def _check_pretraining_data(meta: Mapping[str, object], where: str) -> None:
+    settings = meta.get("config")
+    if not isinstance(settings, Mapping):
+        raise CheckpointError(f"{where}: field 'config': expected the run's settings (a JSON object), found "
+                              f"{type(settings).__name__}")
+    for name, kinds in PRETRAINING_DATA.items():
+        value = settings.get(name)
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            expected = " or ".join("null" if kind is type(None) else kind.__name__ for kind in kinds)
+            raise CheckpointError(f"{where}: field 'config.{name}': expected {expected}, found {value!r} (a "
+                                  f"checkpoint of another codaar version?)")
+
+
+def load_eval_data(pretrained: Pretrained, data_dir: str | None = None, data_preset: str | None = None,
+                   data_seed: int | None = None, modalities: tuple[str, ...] | None = None) -> TriModalData:
+    """The data set to run the model on: `data_dir`, or a built-in preset, or (default) the data set the
+    checkpoint was pretrained on (its config's data folder, or data_preset / data_seed / pretrain_clips).
+    It must fit the model in `modalities` (default: all of the model's)."""
+    cfg = pretrained.run_settings
+    try:
+        if data_dir is not None:
+            data = load_dataset(data_dir)
+        elif data_preset is None and cfg["data"]:
+            data = load_dataset(cfg["data"])
+        else:
+            same = data_preset is None or data_preset == cfg["data_preset"]
+            preset = data_preset or cfg["data_preset"]
+            overrides = {}
+            if same and cfg["pretrain_clips"] is not None:
+                overrides["num_pretrain"] = cfg["pretrain_clips"]
+            seed = data_seed if data_seed is not None else cfg["data_seed"]
+            data = build_synthetic(synthetic_config(preset, seed=seed, **overrides))
+    except (DataFormatError, OSError, ValueError) as exc:
+        raise PretrainedDataError(f"data: {exc}") from None
+    check_compatible(pretrained, data, modalities=modalities)
+    return data
+
+
+def check_compatible(pretrained: Pretrained, data: TriModalData, name: str = "data",
+                     modalities: tuple[str, ...] | None = None) -> None:
+    """The data has every modality of the model (or of `modalities`), with the feature sizes it was
+    trained on."""
+    model = pretrained.model
+    modalities = model.modalities if modalities is None else modalities
+    where = data.root if data.root is not None else f"<built-in {data.info.get('preset', 'data set')}>"
+    missing = [m for m in modalities if m not in data.modalities]
+    if missing:
+        raise PretrainedDataError(f"{name} {where}: the checkpoint {pretrained.path} is a "
+                                  f"{'/'.join(model.modalities)} model; expected modalities {list(modalities)}, "
+                                  f"found {list(data.modalities)}")
+    for m in modalities:
+        shape, want = data.feature_shape(m), model.input_shape(m)
+        if len(shape) != len(want) or any(w is not None and w != n for w, n in zip(want, shape)):
+            what = (f"spatial features [H, W, {want[-1]}]" if None in want else f"{list(want)} features")
+            raise PretrainedDataError(f"{name} {where}: field '{m}': expected {what} per step "
+                                      f"(model_config of {pretrained.path}), found {list(shape)}")
+
+
+def inputs(data: TriModalData, modality: str, clips: np.ndarray) -> torch.Tensor:
+    """The model's input for `clips` (float32), in the order given."""
+    clips = np.asarray(clips)
+    source = data.text(clips) if modality == "text" else data.modality(modality)[np.sort(clips)]
+    if modality != "text":  # sorted reads for memory maps, then back to the requested order
+        order = np.argsort(np.argsort(clips, kind="stable"), kind="stable")
+        source = np.asarray(source)[order]
+    return torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))
+
+
+def text_mask(data: TriModalData, modality: str, clips: np.ndarray) -> torch.Tensor | None:
+    """The real tokens [N, L] of `clips`' text (all True for class prompts); None for other modalities."""
+    if modality != "text":
+        return None
+    return torch.from_numpy(np.ascontiguousarray(data.text_mask(np.asarray(clips))))

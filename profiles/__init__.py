@@ -1,0 +1,1 @@
+"""Profiling scripts, run from the repository root as `python -m profiles.<script>`, and their measured numbers."""
