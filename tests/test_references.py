@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("method", "design", "findings")  # the three the code cites; any docs/*.md is checked
 SKIPPED_DIRS = {".git", ".venv", "venv", "runs", "build", "dist", "__pycache__", ".pytest_cache", ".benchmarks"}
@@ -181,23 +183,11 @@ def test_docs_have_numbered_sections_and_the_paper_list():
     assert {"7"} <= paper["tables"] and paper["figures"], paper
 
 
-def test_every_section_reference_names_an_existing_section():
-    problems = all_problems("sections")
-    assert not problems, _report(problems)
-
-
-def test_every_paper_equation_table_and_figure_exists():
-    problems = all_problems("paper")
-    assert not problems, _report(problems)
-
-
-def test_nothing_points_outside_the_repository():
-    problems = all_problems("outside")
-    assert not problems, _report(problems)
-
-
-def test_cited_files_exist():
-    problems = all_problems("paths")
+@pytest.mark.parametrize("kind", ["sections", "paper", "outside", "paths"])
+def test_every_reference_resolves(kind: str):
+    """sections: every § names an existing section; paper: every equation, table and figure of the
+    paper exists; outside: nothing points outside the repository; paths: every file named exists."""
+    problems = all_problems(kind)
     assert not problems, _report(problems)
 
 
