@@ -2,7 +2,7 @@
 
 - `triton`: our fused kernel (CUDA only; `triton-tf32` also for assign);
 - `eager`: our vectorised PyTorch reference (codaar_kernels.*_reference);
-- `authors`: the operation as the authors' code does it (spec §3, §9), written here from the spec:
+- `authors`: the operation as the authors' code does it (docs/method.md §4, docs/design.md §2), as described there:
   float64 copies and one addmm + argmin per modality, one-hot [N, K] float64 matrices times latents,
   a modality-by-modality EMA with clones of the codebook.
 

@@ -1,10 +1,10 @@
 """One pretraining step (forward, backward, per-module clipping, Adam) two ways, for bench/ and profiles/.
 
 - `codaar`: our model and trainer step, float32, the vectorised quantizer (Triton kernels on CUDA).
-- `codaar-graph` (CUDA only): the same step captured in a CUDA graph (codaar/graph_step.py).
+- `codaar-graph` (CUDA only): the same step captured in a CUDA graph (codaar/train/graph_step.py).
 - `authors`: the same model in float64 with the quantizer step written the authors' way
   (tests/authors_formulation.py: one-hot [N, K] matmuls, a Python loop over the batch for CMCM,
-  per-element dead-code bookkeeping) and autograd anomaly detection on, as in their script (spec §5, §9).
+  per-element dead-code bookkeeping) and autograd anomaly detection on, as in their script (docs/design.md §2).
 
 Shapes: `default` (the built-in data: audio 128, video 64-d vectors, text 10 x 128, B = 80) and
 `paper` (audio 128, video 7 x 7 x 512 maps, text 10 x 768; B = 4 here, so a float64 CPU step takes

@@ -1,6 +1,6 @@
 """`CrossModalQuantizer`: CoDAAR's per-modality codebooks with DTA, CSA, DQA and dead-code reset.
 
-One training step (spec §3.13 step 2), in the authors' order:
+One training step (docs/method.md §4.13 step 2), in the authors' order:
   1. assign every frame of every modality to its nearest codeword of the start-of-step codebook;
   2. losses (commitment, DQA) and the straight-through outputs, all from that codebook;
   3. state update: DTA sums -> EMA -> E = W / C -> CSA cascade -> dead-code counters -> reset.
@@ -57,7 +57,7 @@ class QuantizerOutput:
 
     indices: dict[str, torch.Tensor]  # [B, T] int64: the chosen code per frame
     quantized: dict[str, torch.Tensor]  # [B, T, D]: straight-through quantized latent (value = codeword)
-    tri_code: dict[str, torch.Tensor]  # [B, T, M*D]: what decoder m reconstructs from (Eq. 9 / spec §3.9)
+    tri_code: dict[str, torch.Tensor]  # [B, T, M*D]: what decoder m reconstructs from (docs/method.md §4.8)
     loss: torch.Tensor  # scalar: sum of the commitment losses + dqa_weight * CMCM
     losses: dict[str, torch.Tensor]  # "commit/<m>" and "dqa" (already weighted), scalars
     # detached scalars: perplexity, codes used, index agreement, ...; a read-only mapping computed on

@@ -1,7 +1,7 @@
 """Configuration of the cross-modal quantizer: switches, and the presets that name sets of them.
 
 `official` reproduces the authors' code that produced the published numbers; `paper` follows the
-equations as printed. Every quantizer difference of spec §8 is its own switch below; a preset only
+equations as printed. Every quantizer difference of docs/method.md §9 is its own switch below; a preset only
 fills the switches the caller left unset (None).
 """
 
@@ -11,15 +11,15 @@ from codaar.settings import SettingsError, setting, settings
 
 PRESETS: dict[str, dict[str, object]] = {
     "official": {
-        "commit_self_weight": 0.5,  # spec §8.1: 2*beta
-        "commit_cross_target": "partner_code",  # §8.2: E_p[k_p]
-        "loss_reduction": "mean",  # §8.3: mse over B*T*D
-        "decoder_code": "own_index_row",  # §8.4: full row E[k_m] for decoder m
-        "laplace_smoothing": True,  # §8.6
-        "csa_persistent": False,  # §8.7: CSA shifts only the lookup codebook
-        "dqa_weight": 0.5,  # §8.8: global factor 0.5
-        "reset_persistent": False,  # §8.10: reset rows not written to the EMA state
-        "codebook_init": "official",  # the authors' tiny uniform table (collapses at step 1, FINDINGS 1)
+        "commit_self_weight": 0.5,  # docs/method.md §9.1: 2*beta
+        "commit_cross_target": "partner_code",  # docs/method.md §9.2: E_p[k_p]
+        "loss_reduction": "mean",  # docs/method.md §9.3: mse over B*T*D
+        "decoder_code": "own_index_row",  # docs/method.md §9.4: full row E[k_m] for decoder m
+        "laplace_smoothing": True,  # docs/method.md §9.6
+        "csa_persistent": False,  # docs/method.md §9.7: CSA shifts only the lookup codebook
+        "dqa_weight": 0.5,  # docs/method.md §9.8: global factor 0.5
+        "reset_persistent": False,  # docs/method.md §9.10: reset rows not written to the EMA state
+        "codebook_init": "official",  # the authors' tiny uniform table (collapses at step 1, docs/findings.md §1)
     },
     "paper": {
         "commit_self_weight": 0.25,  # Eq. 8: beta
@@ -27,18 +27,18 @@ PRESETS: dict[str, dict[str, object]] = {
         "loss_reduction": "sum",  # Eq. 8: squared norms summed over t
         "decoder_code": "concat_codes",  # Eq. 9: [z_a; z_v; z_t] quantized, same for all decoders
         "laplace_smoothing": False,  # Eq. 5: S / (C + eps)
-        "csa_persistent": True,  # Sec. 4.2: the codewords are moved
+        "csa_persistent": True,  # paper §4.1.3: the codewords are moved
         "dqa_weight": 1.0,  # Eq. 10: one CMCM term per pair
-        "reset_persistent": True,  # Sec. 4: the code is re-initialised
+        "reset_persistent": True,  # paper §4.1.4: the code is re-initialised
         "codebook_init": "official",
     },
 }
 # The authors' math with their known failure mode removed: their init collapses the codebook at
-# step 1 until the first dead-code reset (FINDINGS 1); the aligned data-dependent init does not.
+# step 1 until the first dead-code reset (docs/findings.md §1); the aligned data-dependent init does not.
 # Chosen by measurement (README, "The default recipe").
 PRESETS["recommended"] = {**PRESETS["official"], "codebook_init": "aligned-kmeans"}
 
-DEFAULT_DTA_WEIGHTS = {1: (1.0, 0.0), 2: (0.75, 0.25), 3: (0.6, 0.2)}  # (self, cross); paper Sec. 4.1
+DEFAULT_DTA_WEIGHTS = {1: (1.0, 0.0), 2: (0.75, 0.25), 3: (0.6, 0.2)}  # (self, cross); paper §4.1.3, §5.2
 CODEBOOK_INITS = ("official", "kmeans", "aligned-kmeans")
 
 

@@ -1,4 +1,4 @@
-"""Dead-code reset (spec §3.7 step 3), vectorised and without host synchronisation.
+"""Dead-code reset (docs/method.md §4.6 step 3), vectorised and without host synchronisation.
 
 If some code is dead and some is active, every dead row k (all modalities at once, the whole
 M*D row) becomes a copy of a uniformly drawn active row plus N(0, noise_std^2) noise. Sources are

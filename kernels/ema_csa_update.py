@@ -1,5 +1,5 @@
 """Per-codeword state update of one training step: EMA (paper Eq. 5), CSA cascade (Eq. 6-7),
-dead-code counters (spec §3.7 step 1-2). In place on the quantizer's buffers.
+dead-code counters (docs/method.md §4.6 steps 1-2). In place on the quantizer's buffers.
 
 With n [M, K] the step's counts and H [M, K, D] its DTA sums (see dta_accumulate):
 

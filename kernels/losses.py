@@ -1,4 +1,4 @@
-"""Quantizer losses: cross-modal commitment (paper Eq. 8, spec §3.8) and DQA / CMCM (spec §3.3)."""
+"""Quantizer losses: cross-modal commitment (paper Eq. 8) and DQA / CMCM (docs/method.md §4.7, §4.3)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def commitment_reference(
 def cmcm_pair_reference(
     usage_x: torch.Tensor, usage_y: torch.Tensor, log_eps: float = 1e-10, denom_eps: float = 1e-5
 ) -> torch.Tensor:
-    """Cross-modal code matching for one pair of modalities, usage [B, K] each (spec §3.3).
+    """Cross-modal code matching for one pair of modalities, usage [B, K] each (docs/method.md §4.3).
 
     S[i, j] = sum_k P_x[i,k] log(P_y[j,k] + 1e-10) + sum_k P_y[i,k] log(P_x[j,k] + 1e-10)
     L = -1/B sum_i log(G[i,i] / (sum_j G[i,j] + denom_eps)),  G = exp(S + max(-S))

@@ -1,5 +1,5 @@
 """Quantizer health metrics (no gradient): perplexity, index agreement, per-clip mode agreement,
-and the authors' codebook-alignment metric (`segment_loss`, spec §3.6)."""
+and the authors' codebook-alignment metric (`segment_loss`, docs/method.md §4.9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The CoDAAR quantizer step written the way the authors wrote it (spec §3), independently of
+"""The CoDAAR quantizer step written the way the authors wrote it (docs/method.md §4), independently of
 codaar_kernels: one-hot [N, K] matrices times latents in float64, a Python loop over the batch for
 CMCM, Python loops with per-element writes for the dead-code bookkeeping.
 

@@ -132,7 +132,7 @@ def test_the_summary_warns_about_a_collapsed_or_unshared_codebook():
 
 
 def test_an_official_run_before_its_first_reset_is_reported_collapsed(tmp_path, capsys):
-    """FINDINGS 1 at a small size: with the authors' init, a few codes carry the modalities."""
+    """docs/findings.md §1 at a small size: with the authors' init, a few codes carry the modalities."""
     summary = main(TINY + ["--num-codes", "800", "--max-steps", "24", "--preset", "official",
                            "--out", str(tmp_path / "run")])
     assert any("codebook looks collapsed" in w for w in summary["warnings"]), summary

@@ -222,7 +222,7 @@ def test_bad_csvs(tmp_path):
 
 
 def test_ave_labels(tmp_path):
-    # 28 AVE classes -> [10, 29] labels with background last (METHOD §1.5).
+    # 28 AVE classes -> [10, 29] labels with background last (docs/method.md §2.5).
     classes = [f"class {i:02d}" for i in range(28)]
     rows = [("class 03", "AAAAAAAAAAA", "train"), ("class 27", "BBBBBBBBBBB", "test")]
     layout = make_layout(tmp_path / "src", rows)

@@ -82,7 +82,7 @@ def test_backward_reaches_every_parameter(video_input):
 
 @pytest.mark.parametrize("preset", ["official", "paper"])
 def test_reconstruction_gradient_crosses_modalities(preset):
-    """The decoder code is z + sg(code - z) over ALL modalities' latents (spec §3.9): the audio
+    """The decoder code is z + sg(code - z) over ALL modalities' latents (docs/method.md §4.8): the audio
     reconstruction loss trains the video encoder too."""
     config = small_config(modalities=AV, preset=preset)
     model = build(config)

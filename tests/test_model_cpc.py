@@ -1,4 +1,4 @@
-"""CPC (spec §4, paper variant §8.9) on hand-made cases whose numbers are derived in the comments."""
+"""CPC (docs/method.md §5.1, §5.2: both variants) on hand-made cases whose numbers are derived in the comments."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Decoders (spec §2.4): the residual block's in-place ReLU behaviour, shapes, loss reductions."""
+"""Decoders (docs/method.md §3.4): the residual block's in-place ReLU behaviour, shapes, loss reductions."""
 
 from __future__ import annotations
 

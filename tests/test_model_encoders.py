@@ -1,4 +1,4 @@
-"""Encoders (spec §2.1-2.3): the video encoder without its dead attention branch, P_v, the temporal module."""
+"""Encoders (docs/method.md §3.1-3.3): the video encoder without its dead attention branch, P_v, temporal modules."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from codaar.model.encoders import (
 
 
 class AuthorsVideoEncoderWithAttention(nn.Module):
-    """A literal implementation WITH the "spatial attention" branch (spec §2.1 step 4, §9.10).
+    """A literal implementation WITH the "spatial attention" branch (docs/method.md §3.1 step 4; docs/design.md §2).
 
     Its softmax runs over a dimension of size 1, so every weight is exactly 1.0.
     """

@@ -147,7 +147,7 @@ class TriModalData:
 
 
 def video_level_class(labels: np.ndarray) -> np.ndarray:
-    """AVE clip class as the authors compute it (METHOD §1.5): per segment the arg-max over the
+    """AVE clip class as the authors compute it (docs/method.md §2.5): per segment the arg-max over the
     foreground columns (0 when the segment has none), then the maximum over time.
 
     labels: [..., T, K+1] with background last. Returns int64 [...].

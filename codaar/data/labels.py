@@ -1,4 +1,4 @@
-"""Per-segment label tensors as the authors build them (METHOD §1.5).
+"""Per-segment label tensors as the authors build them (docs/method.md §2.5).
 
 All label tensors are float32 [T, K+1] with the background column last.
 """

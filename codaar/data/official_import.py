@@ -1,4 +1,4 @@
-"""Convert the authors' data layout (METHOD §1.4) into the project's format.
+"""Convert the authors' data layout (docs/method.md §2.4) into the project's format.
 
 Inputs:
 * meta CSV ``category,video_id,split`` (e.g. ``vggsound-avel40k.csv``);

@@ -1,4 +1,4 @@
-"""Load the authors' pickled numpy arrays without letting a pickle run code (METHOD §1.6).
+"""Load the authors' pickled numpy arrays without letting a pickle run code (docs/method.md §2.6).
 
 Unpickling executes whatever callables the pickle names. `SafeArrayUnpickler` resolves only
 the handful of numpy names that array and dtype pickles use (for numpy 1.x ``numpy.core`` and

@@ -146,7 +146,7 @@ class SyntheticConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # CPU-sized: the shapes the acceptance data set uses (FINDINGS.md).
+    # CPU-sized: the shapes the acceptance data set uses (docs/findings.md).
     "default": {},
     # The paper's shapes: VGGish audio 128, VGG19 pool5 video 7x7x512, BERT text 10x768.
     # About 1 MB of video per clip, so fewer clips by default (~2.9 GB in all).

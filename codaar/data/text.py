@@ -6,7 +6,7 @@ Two featurizers with one interface (``featurizer(prompt) -> float32 [L, d]``, ``
   fixed pseudo-random vector derived from a hash of (seed, word); a share of the sentence mean
   is added to every token (a stand-in for BERT's contextual mixing) plus a small positional
   signal, so the same word at another position or in another prompt is similar but not equal.
-* `BertTextFeaturizer`: the paper's frozen ``bert-base-uncased`` (METHOD §1.3 steps 2-4), read
+* `BertTextFeaturizer`: the paper's frozen ``bert-base-uncased`` (docs/method.md §2.3 steps 2-4), read
   from a folder already on disk through ``transformers`` with ``local_files_only=True``; it never
   downloads.
 
@@ -70,7 +70,7 @@ class HashedTextFeaturizer:
 
 
 class BertTextFeaturizer:
-    """Frozen BERT from a local folder (METHOD §1.3): tokenize with special tokens, take
+    """Frozen BERT from a local folder (docs/method.md §2.3): tokenize with special tokens, take
     ``last_hidden_state``, drop [CLS]/[SEP], optionally keep only ids in ``keep_token_ids`` (the
     authors' ``cnt_new.pkl`` vocabulary, converted to JSON) and id != 0, first ``max_tokens``
     kept, zero-padded.

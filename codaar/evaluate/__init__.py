@@ -1,4 +1,4 @@
-"""Downstream evaluation of a pretrained CoDAAR checkpoint (METHOD §6): `python -m codaar.evaluate`.
+"""Downstream evaluation of a pretrained CoDAAR checkpoint (docs/method.md §7): `python -m codaar.evaluate`.
 
 Modules, one idea each:
   run       -- evaluate(checkpoint, ...): the protocols of one checkpoint, as tables (and plots)

@@ -70,7 +70,7 @@ def code_features(model: CoDAARModel, data: TriModalData, modality: str, clips: 
     """Frozen features of `clips`: "x" the head input [N, T, F] (full codebook row at the modality's own
     index, the authors' choice, or the own codeword with head_input="code"), "indices" [N, T], "latent"
     [N, T, D], and for text "mask" [N, T] (its real tokens; the encoder reads only those, every step
-    gets a code). train_mode=True keeps dropout on (the authors' downstream scripts, spec §6.1)."""
+    gets a code). train_mode=True keeps dropout on (the authors' downstream scripts, docs/method.md §7.1)."""
     was_training = model.training
     model.train(train_mode)
     xs, idx, lat, masks = [], [], [], []

@@ -1,4 +1,4 @@
-"""The authors' downstream heads (METHOD §6.2, §6.3) and the ExpLogLoss of the AVVP script."""
+"""The authors' downstream heads (docs/method.md §7.2, §7.3) and the ExpLogLoss of the AVVP script."""
 
 from __future__ import annotations
 

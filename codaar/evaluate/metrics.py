@@ -1,4 +1,4 @@
-"""Metrics of the downstream protocols, written from the authors' definitions (METHOD §6.2, §6.3, §6.7).
+"""Metrics of the downstream protocols, written from the authors' definitions (docs/method.md §7.2, §7.3, §7.7).
 
 All batch-wise metrics take a list of per-batch arrays so that the batching (which changes the
 numbers, as in the authors' scripts) is explicit. Values are percentages, as in the paper.

@@ -1,11 +1,11 @@
-"""The downstream protocols (METHOD §6): AVE-style classification, AVVP-style localisation, retrieval.
+"""The downstream protocols (docs/method.md §7): AVE-style classification, AVVP-style localisation, retrieval.
 
 Encoders and codebooks are frozen; only a light head trains on one modality's code features and is
 scored on every other modality (cross-modal generalisation, "m1->m2") and on its own (reference).
 
 Two protocol variants (`protocol=`):
 
-* ``official`` -- the authors' downstream scripts as coded (spec §6.1-6.3, §8.12-14): head input is
+* ``official`` -- the authors' downstream scripts as coded (docs/method.md §7.1-7.3, §9.12-9.14): head input is
   the full codebook row; the encoder stays in train mode while the head trains (dropout on; its
   features are recomputed for every batch) and is in eval mode for scoring; head epochs run from
   checkpoint epoch + 1 to `epochs` (MultiStepLR counted from the first head epoch); AVE is scored on
@@ -50,8 +50,8 @@ class HeadSettings:
     gamma: float = 0.5
 
 
-AVE_DEFAULTS = HeadSettings(lr=2.5e-4, batch_size=256, epochs=30)  # spec §6.2 (sbatch)
-AVVP_DEFAULTS = HeadSettings(lr=4e-4, batch_size=64, epochs=50)  # spec §6.3 (sbatch)
+AVE_DEFAULTS = HeadSettings(lr=2.5e-4, batch_size=256, epochs=30)  # docs/method.md §7.2 (sbatch)
+AVVP_DEFAULTS = HeadSettings(lr=4e-4, batch_size=64, epochs=50)  # docs/method.md §7.3 (sbatch)
 
 
 @dataclass
@@ -169,7 +169,7 @@ def _predict(head: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
     return torch.cat([head(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-# ----------------------------------------------------------------------------------- AVE (§6.2)
+# -------------------------------------------------------------------- AVE (docs/method.md §7.2)
 def _ave_score(logits: torch.Tensor, target: np.ndarray, batch_size: int, generator: torch.Generator | None) -> dict:
     pred = logits.argmax(dim=-1).numpy()
     batches = [(pred[b], target[b]) for b in _batches(len(pred), batch_size, generator)]
@@ -223,7 +223,7 @@ def run_ave(task: Task, source: str, targets: list[str], settings: HeadSettings 
     return results
 
 
-# --------------------------------------------------------------------------------- AVVP (§6.3)
+# ------------------------------------------------------------------ AVVP (docs/method.md §7.3)
 def run_avvp(task: Task, source: str, targets: list[str], settings: HeadSettings = AVVP_DEFAULTS) -> dict:
     """Train the per-segment AVVP head on `source`'s codes with `source`'s labels; score on each target
     modality with that modality's labels. Returns {target: {"precision", "recall", "f1"}, "_info": ...}."""
@@ -287,7 +287,7 @@ def run_avvp(task: Task, source: str, targets: list[str], settings: HeadSettings
     return results
 
 
-# ---------------------------------------------------------------------------- retrieval (§6.7)
+# ------------------------------------------------------------- retrieval (docs/method.md §7.7)
 RETRIEVAL_DOC = ("similarity: cosine between the time-means of the clips' full codebook rows (the quantized "
                  "space the heads see; for per-clip text the mean over its real tokens); relevance: the same clip "
                  "for audio<->video and for per-clip text (captions), the same class when class-prompt text is "

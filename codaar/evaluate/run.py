@@ -1,7 +1,7 @@
 """`evaluate(checkpoint, ...)`: the downstream protocols of one pretrained checkpoint, as tables.
 
 Encoders and codebooks are frozen; light heads train on one modality's quantized codes and are scored
-zero-shot on the others (METHOD §6); see `protocols` for the tasks and the `clean` / `official`
+zero-shot on the others (docs/method.md §7); see `protocols` for the tasks and the `clean` / `official`
 variants. Cross-dataset transfer maps the test data's classes onto the training data's
 (`--class-map`). The command line is `python -m codaar.evaluate` (`__main__`).
 """

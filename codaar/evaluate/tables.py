@@ -1,4 +1,4 @@
-"""Paper-style result tables (METHOD §7, Tables 1-3 and 5-7) as markdown and JSON.
+"""Paper-style result tables (paper Tables 1-3 and 5-7, docs/method.md §8) as markdown and JSON.
 
 Direction "V->A" means: head trained on video, scored on audio (the paper's convention).
 """

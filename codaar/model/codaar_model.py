@@ -1,6 +1,6 @@
-"""CoDAARModel: encoders -> cross-modal quantizer -> CPC + decoders, one pretraining step (spec §3.13).
+"""CoDAARModel: encoders -> cross-modal quantizer -> CPC + decoders, one pretraining step (docs/method.md §4.13).
 
-loss = sum_m rec/<m> + sum_m commit/<m> + dqa + cpc      (paper Eq. 10, spec §3.13 step 5)
+loss = sum_m rec/<m> + sum_m commit/<m> + dqa + cpc      (paper Eq. 10, docs/method.md §4.13 step 5)
 
 The quantizer (codebooks, DTA, CSA, DQA, commitment, straight-through codes) is
 `codaar.quantizer.CrossModalQuantizer`, used as is.
@@ -146,7 +146,7 @@ class CoDAARModel(nn.Module):
         missing = [m for m in self.modalities if m not in batch]
         if missing:
             raise KeyError(f"CoDAARModel: batch lacks {missing}; expected keys {list(self.modalities)}")
-        reduction = self.quantizer.config.loss_reduction  # one switch for every squared error (spec §8.3)
+        reduction = self.quantizer.config.loss_reduction  # one switch for every squared error (docs/method.md §9.3)
         masks = self._masks(batch.get("text_mask"), batch)
 
         with nvtx_range("encoders"):
@@ -162,7 +162,7 @@ class CoDAARModel(nn.Module):
         metrics = dict(quantized.metrics)
         if self.cpc is not None:
             with nvtx_range("cpc"):
-                cpc = self.cpc(latents, cpc_generator, cpc_t_star, masks)  # continuous latents, not the codes (§4)
+                cpc = self.cpc(latents, cpc_generator, cpc_t_star, masks)  # not the codes (docs/method.md §5)
             metrics.update(cpc.accuracies)
 
         with nvtx_range("decoders"):
@@ -248,7 +248,7 @@ class CoDAARModel(nn.Module):
     def codes(self, modality: str, x: torch.Tensor, mask: torch.Tensor | None = None) -> LookupOutput:
         """Nearest codes of one modality's input in the frozen codebook (indices, own codeword, full row).
 
-        The full row is the authors' downstream head input (spec §6.1). Never updates the codebook."""
+        The full row is the authors' downstream head input (docs/method.md §7.1). Never updates the codebook."""
         return self.quantizer.lookup(modality, self.latents(modality, x, mask))
 
     @torch.no_grad()

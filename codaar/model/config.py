@@ -1,6 +1,6 @@
 """`ModelConfig`: every size and switch of the CoDAAR network, with its quantizer's config inside.
 
-Defaults are the authors' AVT model (spec §2). The input sizes (`audio_dim`, `video_input`,
+Defaults are the authors' AVT model (docs/method.md §3). The input sizes (`audio_dim`, `video_input`,
 `video_dim`, `text_dim`) describe the features, so the trainer reads them from the data set; the
 modalities, code size and count live in the quantizer's config (`config.quantizer`), and the
 properties below only read them from there.
@@ -17,7 +17,7 @@ from codaar.settings import SettingsError, nested, setting, settings
 
 KNOWN_MODALITIES = ("video", "audio", "text")
 VIDEO_INPUTS = ("spatial", "vector")
-CPC_VARIANT_OF_PRESET = {"official": "official", "paper": "paper", "recommended": "official"}  # spec §8.9
+CPC_VARIANT_OF_PRESET = {"official": "official", "paper": "paper", "recommended": "official"}  # docs/method.md §9.9
 
 
 @settings

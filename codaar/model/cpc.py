@@ -1,4 +1,4 @@
-"""Cross-modal contrastive predictive coding (spec §4; paper Eq. 2, differences in §8.9).
+"""Cross-modal contrastive predictive coding (paper Eq. 2; docs/method.md §5 and §9.9).
 
 Each modality summarises its latents z_m [B, T, D] up to a time t* with a unidirectional LSTM and
 predicts the next H latents with one Linear per step. For an ordered pair (target x <- context y)
@@ -95,7 +95,7 @@ def pair_accuracy(
     target_valid: torch.Tensor | None = None, prediction_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fraction of columns j whose highest-probability row is j, with A softmaxed along the axis the
-    variant normalises (official: rows, as the authors log it, spec §4.6); with masks, over the
+    variant normalises (official: rows, as the authors log it, docs/method.md §5.3); with masks, over the
     scored columns, an invalid target never being the best row."""
     scores = targets @ predictions.T
     masked = target_valid is not None or prediction_valid is not None

@@ -1,6 +1,6 @@
 """Decoders: each modality reconstructs its own input from (its decoder code, its projection P_m).
 
-Spec §2.4. The code is the quantizer's `tri_code[m]` [B, T, M*D]: the full codebook row at m's own
+docs/method.md §3.4. The code is the quantizer's `tri_code[m]` [B, T, M*D]: the full codebook row at m's own
 index under preset `official` (different per decoder), the concatenated quantized latents under
 `paper` (the same for every decoder). Both go through two Linear layers (no activation between) to
 c_m [B, T, D] before they meet P_m.
@@ -19,7 +19,7 @@ REDUCTIONS = ("mean", "sum")
 
 def reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
                         mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Squared error: "mean" over every element (authors' mse, spec §8.3), or "sum" over everything
+    """Squared error: "mean" over every element (authors' mse, docs/method.md §9.3), or "sum" over everything
     but the batch dimension, averaged over the batch (the paper's summed squared norms).
 
     mask [B, T] bool (padded text: True = a real step): padded steps count for nothing, and "mean"
@@ -69,7 +69,7 @@ class ResidualBlock(nn.Module):
     """y = relu(r + Conv1x1(relu(Conv3x3(r)))), r = relu(u).
 
     The authors' block starts with an in-place ReLU, which also rewrites the tensor the skip
-    connection adds, so the skip carries relu(u), not u (spec §2.4). Written out explicitly here.
+    connection adds, so the skip carries relu(u), not u (docs/method.md §3.4). Written out explicitly here.
     """
 
     def __init__(self, channels: int = 1024) -> None:

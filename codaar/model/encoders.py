@@ -1,6 +1,6 @@
 """Encoders: per modality, input -> (latent z [B, T, D] to be quantized, projection P_m for its decoder).
 
-Spec §2.1-2.3. Every encoder is `ModalityEncoder(features, projection, temporal)`:
+docs/method.md §3.1-3.3. Every encoder is `ModalityEncoder(features, projection, temporal)`:
   features(x)   -> (h [B, T, in_m], the input of the projection)
   z = temporal(h) [B, T, D]            (what the quantizer and CPC see)
   P = projection(...)                  (what the decoder gets beside the code)
@@ -32,7 +32,7 @@ class ChannelGatedVideoFeatures(nn.Module):
     The authors' module also has a "spatial attention" branch (two Linear(C->256)+ReLU, Linear(256->1),
     tanh, then a softmax over a dimension of size 1). A softmax over one element is exactly 1.0, so the
     attention-weighted sum over positions is the plain sum and those Linears never receive gradient
-    (spec §2.1, §8.17). It is left out: same output, ~10 GFLOP/step less (spec §9.10).
+    (docs/method.md §3.1, §9.17). It is left out: same output, ~10 GFLOP/step less (docs/design.md §2).
     tests/test_model_encoders.py checks the equality against a literal implementation with the branch.
     """
 
@@ -93,10 +93,10 @@ def reverse_real(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 class TextTokenLSTM(nn.Module):
-    """BiLSTM over token embeddings [B, L, d_text] -> [B, L, 2*hidden] (spec §1.3 step 5).
+    """BiLSTM over token embeddings [B, L, d_text] -> [B, L, 2*hidden] (docs/method.md §2.3 step 5).
 
     Trainable. Its output is both the text encoder's input and the text decoder's reconstruction
-    target (not detached, as in the authors' code: the target partly defines itself, spec §8.15).
+    target (not detached, as in the authors' code: the target partly defines itself, docs/method.md §9.15).
 
     With a mask [B, L] (True = a real token, real tokens first) each caption is read as if it were
     unpadded: the forward direction is causal, so padding after the last real token never reaches

@@ -50,7 +50,7 @@ class TrainConfig:
     pretrain_clips: int | None = setting(None, "built-in data: number of pretraining clips (none: the preset's)",
                                          at_least=1)
     split: str = setting("pretrain", "which split of the data to pretrain on")
-    # optimisation (authors' recipe, spec §5)
+    # optimisation (authors' recipe, docs/method.md §6)
     epochs: int = setting(12, "passes over the pretraining split (12 x 38 steps: past the first dead-code reset)",
                           at_least=1, resume=CHANGES)
     max_steps: int | None = setting(None, "stop after this many steps (none: all epochs)", at_least=1, resume=CHANGES)

@@ -130,7 +130,7 @@ class Trainer:
         self.ddp = (DistributedDataParallel(self.model, broadcast_buffers=False)  # codebooks sync by all-reduce
                     if group.world_size > 1 else None)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
-        # The authors clip each module group on its own (spec §5).
+        # The authors clip each module group on its own (docs/method.md §6).
         self.clip_groups = {name: list(getattr(self.model, name).parameters())
                             for name in ("encoders", "text_lstm", "cpc", "decoders")
                             if getattr(self.model, name) is not None}
@@ -406,7 +406,7 @@ class Trainer:
         return summary
 
 
-# A collapsed codebook (FINDINGS 1: 6-12 of 800 codes until the first dead-code reset) against a
+# A collapsed codebook (docs/findings.md §1: 6-12 of 800 codes until the first dead-code reset) against a
 # healthy one (~70-100 of 800 after it): fewer than this share of K, or fewer than 16 codes.
 COLLAPSED_SHARE, COLLAPSED_CODES = 0.02, 16
 UNALIGNED_AGREEMENT = 0.02  # modalities choosing the same index on fewer frames share no vocabulary
