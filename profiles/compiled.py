@@ -77,6 +77,7 @@ def table(records: list[dict]) -> list[str]:
 def _launches(shape: dict, path: str) -> list[utilities.Launch]:
     """The launches of one quantizer step's kernels at a shape (recorded, not run)."""
     from codaar_kernels.dta_accumulate_triton import dta_accumulate_triton
+    from codaar_kernels.ema_csa_update import EmaCsaConfig
     from codaar_kernels.ema_csa_update_triton import ema_csa_update_triton
     from codaar_kernels.soft_usage_triton import soft_usage_backward, soft_usage_forward
 
@@ -89,8 +90,9 @@ def _launches(shape: dict, path: str) -> list[utilities.Launch]:
         soft_usage_backward(z, codebook, shape["frames"], lse, torch.empty(m, shape["batch"], k), allow_tf32=tf32)
         sums, counts = dta_accumulate_triton(z, idx.zero_(), k, 0.6, 0.2)
         state = [torch.empty(m, k, d), torch.empty(m, k, d), torch.ones(m, k), torch.zeros(k, dtype=torch.int64)]
-        ema_csa_update_triton(*state, sums, counts, decay=0.99, eps=1e-5, laplace_smoothing=True,
-                              csa_order=(2, 1, 0), csa_persistent=False, dead_after=300, active_window=100)
+        ema_csa_update_triton(*state, sums, counts, EmaCsaConfig(
+            decay=0.99, eps=1e-5, laplace_smoothing=True, csa_order=(2, 1, 0), csa_persistent=False,
+            dead_after=300, active_window=100))
     return launches
 
 
