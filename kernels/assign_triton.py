@@ -148,7 +148,8 @@ def _assign_kernel(
         cols = k0 + offs_k
         col_ok = cols < K
         d = _distance_tile(z_ptr, e_ptr, esq_ptr, zsq, rows, row_ok, cols, col_ok, D,
-                           stride_zn, stride_zd, stride_ek, stride_ed, DOT_FP32, PREC, EVEN_D, BLOCK_N, BLOCK_K, BLOCK_D)
+                           stride_zn, stride_zd, stride_ek, stride_ed,
+                           DOT_FP32, PREC, EVEN_D, BLOCK_N, BLOCK_K, BLOCK_D)
         best_val, best_idx = _argmin_update(best_val, best_idx, d, cols)
         if WITH_LSE != 0:
             new_max = -tl.sqrt(tl.maximum(best_val, 0.0))  # = max_k s over the tiles so far

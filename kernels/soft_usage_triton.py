@@ -97,7 +97,8 @@ def _soft_usage_fwd_kernel(
         rows = samples * T + t  # frame t of each owned sample (rows strided by T)
         zsq = tl.load(zsq_ptr + rows, mask=sample_ok, other=0.0)
         d, s = _score_tile(z_ptr, e_ptr, esq_ptr, zsq, rows, sample_ok, cols, col_ok, D,
-                           stride_zn, stride_zd, stride_ek, stride_ed, DOT_FP32, PREC, EVEN_D, BLOCK_B, BLOCK_K, BLOCK_D)
+                           stride_zn, stride_zd, stride_ek, stride_ed,
+                           DOT_FP32, PREC, EVEN_D, BLOCK_B, BLOCK_K, BLOCK_D)
         # other=0 for padded samples: their p is finite garbage and is never stored.
         lse = tl.load(lse_ptr + rows, mask=sample_ok, other=0.0)
         acc += tl.exp(s - lse[:, None])
@@ -154,7 +155,8 @@ def _soft_usage_bwd_row_kernel(
         cols = k0 + offs_k
         col_ok = cols < K
         d, s = _score_tile(z_ptr, e_ptr, esq_ptr, zsq, rows, row_ok, cols, col_ok, D,
-                           stride_zn, stride_zd, stride_ek, stride_ed, DOT_FP32, PREC, EVEN_D, BLOCK_N, BLOCK_K, BLOCK_D)
+                           stride_zn, stride_zd, stride_ek, stride_ed,
+                           DOT_FP32, PREC, EVEN_D, BLOCK_N, BLOCK_K, BLOCK_D)
         p = tl.exp(s - lse[:, None])
         # other=0: padded codes/rows carry no upstream gradient.
         g = tl.load(dp_ptr + sample[:, None] * stride_gb + cols[None, :] * stride_gk,
@@ -220,7 +222,8 @@ def _soft_usage_bwd_dz_kernel(
         cols = k0 + offs_k
         col_ok = cols < K
         d, s = _score_tile(z_ptr, e_ptr, esq_ptr, zsq, rows, row_ok, cols, col_ok, D,
-                           stride_zn, stride_zd, stride_ek, stride_ed, DOT_FP32, PREC, EVEN_D, BLOCK_N, BLOCK_K, BLOCK_D)
+                           stride_zn, stride_zd, stride_ek, stride_ed,
+                           DOT_FP32, PREC, EVEN_D, BLOCK_N, BLOCK_K, BLOCK_D)
         p = tl.exp(s - lse[:, None])
         g = tl.load(dp_ptr + sample[:, None] * stride_gb + cols[None, :] * stride_gk,
                     mask=row_ok[:, None] & col_ok[None, :], other=0.0)

@@ -3,6 +3,8 @@ all buffers), for 1 to 5 modalities. Compiled on a GPU, under the Triton interpr
 (tests/conftest.py decides which).
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -184,7 +186,22 @@ def test_launcher_rejects_bad_inputs():
         ema_csa_update_triton(*state, sums[:, :4], counts, config)
     with pytest.raises(ValueError, match="modality indices"):
         ema_csa_update_triton(*state, sums, counts, _config(True, (2, 0), False))
-    with pytest.raises(ValueError, match="contiguous"):
+    with pytest.raises(ValueError, match="sums must be contiguous"):
         ema_csa_update_triton(*state, sums.transpose(0, 1).contiguous().transpose(0, 1), counts, config)
+    with pytest.raises(ValueError, match="codebook must be contiguous"):  # in place: a copy would update nothing
+        ema_csa_update_triton(state[0].transpose(0, 1).contiguous().transpose(0, 1), *state[1:], sums, counts, config)
     with pytest.raises(ValueError, match="count_floor"):
         ema_csa_update_triton(*state, sums, counts, _config(True, (1, 0), False, count_floor=-1.0))
+
+
+def test_config_is_one_frozen_value():
+    # any sequence (or None) as the order, kept as a hashable tuple; bad values refused on construction
+    config = _config(True, [2, 1, 0], False)
+    assert config.csa_order == (2, 1, 0) and hash(config) == hash(_config(True, (2, 1, 0), False))
+    assert _config(True, None, False).csa_order == ()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.decay = 0.5
+    with pytest.raises(ValueError, match="csa_order must hold modality indices >= 0"):
+        _config(True, (0, -1), False)
+    with pytest.raises(ValueError, match="count_floor must be >= 0, got nan"):
+        _config(True, (1, 0), False, count_floor=float("nan"))

@@ -14,7 +14,8 @@ from codaar_kernels.soft_usage_triton import (
     soft_usage_forward,
     soft_usage_triton,
 )
-from codaar_kernels.utilities import triton_device
+from codaar_kernels.utilities import record_launches, triton_device
+from kernel_views import strided_views
 
 DEVICE = triton_device()
 
@@ -105,6 +106,30 @@ def test_autograd_function_and_constant_codebook():
     z.grad = None
     soft_usage_triton(z, codebook.detach(), T).sum().backward()
     assert z.grad.abs().max() < 1e-4  # sum_k P = 1 per sample: the gradient of the total is ~0
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded"])
+def test_strided_views_are_read_in_place(layout):
+    # z and codebook as views (kernel_views.strided_views), the upstream gradient a transposed
+    # or expanded view: every kernel gets the views themselves, and matches the reference on them.
+    g = torch.Generator().manual_seed(15)
+    M, B, T, K, D = 3, 7, 10, 70, 40
+    z, codebook = strided_views(M, B * T, K, D, g, layout, DEVICE)
+    if layout == "expanded":
+        weight = torch.randn(1, 1, K, generator=g).to(DEVICE).expand(M, B, K)
+    else:
+        weight = torch.randn(M, K, B, generator=g).to(DEVICE).transpose(1, 2)
+    ref_p, ref_dz = _reference(z, codebook, T, weight)
+    with record_launches(run=True) as launches:
+        probs, dz, _, _ = _poisoned_forward_backward(z, codebook, T, weight)
+    assert len(launches) == 4  # assign with lse, forward, backward row and dz
+    for launch in launches:
+        for given, view in zip(launch.args[:2], (z, codebook)):
+            assert given.data_ptr() == view.data_ptr() and given.stride() == view.stride()
+    for launch in launches[2:]:
+        assert launch.args[5].data_ptr() == weight.data_ptr() and launch.args[5].stride() == weight.stride()
+    torch.testing.assert_close(probs, ref_p, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dz, ref_dz, rtol=1e-4, atol=1e-5 * ref_dz.abs().max().item())
 
 
 def test_assign_with_soft_usage_indices_are_the_references():
