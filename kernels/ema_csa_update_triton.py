@@ -19,9 +19,9 @@ Two launches, no host synchronisation (CUDA-graph capturable):
 
 Layout: every tensor must be contiguous. The state (E, W, C, U) is updated in place, so it must be
 the caller's own buffers, not copies; and the kernel addresses E, W and the step's sums H with one
-flat [M_PAD, BLOCK_K, BLOCK_D] offset tile (C and n with one [M_PAD, BLOCK_K] row tile), which keeps
-the tile's few live copies in registers: a second offset tile for strided sums would cost as many
-registers again. dta_accumulate's outputs, which production passes, are contiguous.
+flat int64 offset tile [M_PAD, BLOCK_K, BLOCK_D] (C and n with one row tile), where strided sums
+would need a second one live beside it, in a kernel whose tiles are sized to stay in registers
+(`blocks`). The sums and counts production passes are dta_accumulate's outputs, contiguous.
 
 Precision: the state is float32 or float64 (all the same dtype); the step's sums/counts are read in
 their own dtype and converted to the state's. decay, eps, K*eps and the floor are compile-time

@@ -4,9 +4,10 @@
   reads it when a kernel is decorated, so it must be set before the Triton modules are imported
   (tests/conftest.py decides it for the test suite).
 - `require(...)` / `check_tensor(...)`: bad input raises naming the launcher, the argument and what
-  was expected. Nothing is cast: a wrong dtype is refused. Inputs are read through their strides
-  (views, transposes and expanded tensors are not copied); what a kernel needs contiguous (its
-  outputs, EMA+CSA's in-place state) is refused otherwise, and its launcher's docstring says why.
+  was expected. The launchers cast nothing (a wrong dtype is refused; kernels that take several
+  dtypes convert in registers) and copy nothing: inputs are read through their strides (views,
+  transposes, expanded tensors); what a kernel needs contiguous (outputs, EMA+CSA's tensors) is
+  refused otherwise, and its module docstring says why.
   `check_int32_offsets(...)`: the kernels address one modality with int32 offsets.
 - `launch_device(where, ...)`: the one device of a launcher's tensors (others are refused), made CUDA's
   current device while the launcher allocates and launches, as flash-attn's launchers do with

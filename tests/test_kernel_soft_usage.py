@@ -198,6 +198,14 @@ def test_bad_inputs_raise():
         soft_usage_triton(z, torch.randn(2, 4, 8), 5)
     with pytest.raises(TypeError, match="float32"):
         soft_usage_triton(z.double(), torch.randn(2, 4, 16), 5)
+    # the backward takes the forward's lse and autograd's float32 dP as they are: nothing is cast
+    codebook, lse, grad = torch.randn(2, 4, 16), torch.zeros(2, 25), torch.zeros(2, 5, 4)
+    with pytest.raises(TypeError, match="lse must be float32, got torch.float64"):
+        soft_usage_backward(z, codebook, 5, lse.double(), grad)
+    with pytest.raises(ValueError, match="lse must be contiguous"):
+        soft_usage_backward(z, codebook, 5, torch.zeros(25, 2).t(), grad)
+    with pytest.raises(TypeError, match="grad_p must be float32, got torch.bfloat16"):
+        soft_usage_backward(z, codebook, 5, lse, grad.bfloat16())
 
 
 @pytest.mark.parametrize("tier", ["few-frames", "many-frames-fma", "many-frames-mma"])
