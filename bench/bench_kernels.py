@@ -26,8 +26,8 @@ CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 SHAPES = {"paper": (3, 800, 800, 256), "scaled": (3, 65536, 8192, 256)}
 WEIGHTS = (0.6, 0.2)
-UPDATE = dict(decay=0.99, eps=1e-5, laplace_smoothing=True, csa_order=(2, 1, 0), csa_persistent=False,
-              dead_after=300, active_window=100)
+UPDATE = ops.EmaCsaConfig(decay=0.99, eps=1e-5, laplace_smoothing=True, csa_order=(2, 1, 0), csa_persistent=False,
+                          dead_after=300, active_window=100)
 
 
 def synchronize():
@@ -70,7 +70,7 @@ def authors_dta(z, idx, codes):
 
 
 def authors_ema_csa(codebook, ema_sum, ema_count, sums, counts):
-    decay, eps = UPDATE["decay"], UPDATE["eps"]
+    decay, eps = UPDATE.decay, UPDATE.eps
     num_codes = codebook.shape[1]
     for m in range(codebook.shape[0]):
         ema_count[m] = decay * ema_count[m] + (1 - decay) * counts[m]
@@ -164,10 +164,10 @@ def test_ema_csa_update(benchmark, contestant, shape):
     state = [codebook.to(dtype), codebook.to(dtype), torch.ones(codebook.shape[:2], device=DEVICE, dtype=dtype)]
     unused = torch.zeros(codes, dtype=torch.long, device=DEVICE)
     sums, counts = sums.to(dtype), counts.to(dtype)
-    fns = {"eager": lambda: ops.ema_csa_update_reference(*state, unused, sums, counts, **UPDATE),
+    fns = {"eager": lambda: ops.ema_csa_update_reference(*state, unused, sums, counts, UPDATE),
            "authors": lambda: authors_ema_csa(*state, sums, counts)}
     if contestant == "triton":
         from codaar_kernels.ema_csa_update_triton import ema_csa_update_triton
 
-        fns["triton"] = lambda: ema_csa_update_triton(*state, unused, sums, counts, **UPDATE)
+        fns["triton"] = lambda: ema_csa_update_triton(*state, unused, sums, counts, UPDATE)
     timed(benchmark, f"ema_csa_update {shape}", fns[contestant])

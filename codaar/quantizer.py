@@ -363,12 +363,13 @@ class CrossModalQuantizer(nn.Module):
             zero = torch.zeros((), dtype=torch.long)
             return torch.zeros_like(self.ema_count), zero, torch.ones((), dtype=self.ema_count.dtype)
         before = None if host_branch else [buffer.clone() for buffer in self._updated_state()]
-        dead, active = ops.ema_csa_update(
-            self.codebook, self.ema_sum, self.ema_count, self.unused_steps, sums, counts,
-            decay=cfg.decay, eps=cfg.eps, laplace_smoothing=cfg.laplace_smoothing,
-            csa_order=self._cascade, csa_persistent=cfg.csa_persistent,
-            dead_after=cfg.dead_after, active_window=cfg.active_window, count_floor=cfg.count_floor,
+        update = ops.EmaCsaConfig(
+            decay=cfg.decay, eps=cfg.eps, laplace_smoothing=cfg.laplace_smoothing, csa_order=self._cascade,
+            csa_persistent=cfg.csa_persistent, dead_after=cfg.dead_after, active_window=cfg.active_window,
+            count_floor=cfg.count_floor,
         )
+        dead, active = ops.ema_csa_update(self.codebook, self.ema_sum, self.ema_count, self.unused_steps, sums, counts,
+                                          update)
         self.last_used.copy_(torch.where(counts > 0, self.num_updates + 1, self.last_used))
         # On the CPU a branch costs nothing; the draws depend only on (seed, step), so skipping
         # them when no code is dead changes no later result. On a GPU (or capturable) the masked

@@ -3,7 +3,7 @@
 Each module holds one operation of a training step with its eager PyTorch reference
 (`<op>_reference`) and, beside it in `<op>_triton.py`, its Triton kernel; see the module
 docstrings for the equations. `assign`, `assign_with_soft_usage`, `dta_accumulate` and
-`ema_csa_update` dispatch between the two (see dispatch.py). Shapes use M modalities,
+`ema_csa_update` (its settings: `EmaCsaConfig`) dispatch between the two (see dispatch.py). Shapes use M modalities,
 N = B*T frames, K codes, D dims. utilities.py holds what every Triton launcher shares (where the
 kernels run, input checks, launches that can be recorded); ahead_of_time.py compiles every launch
 production makes for sm_80 and sm_90 without a GPU and reads what the compiler made of it.
@@ -23,12 +23,13 @@ from .dispatch import (
     use_backend,
 )
 from .dta_accumulate import code_counts, dta_accumulate_reference
-from .ema_csa_update import csa_cascade_, ema_csa_update_reference, ema_denominator
+from .ema_csa_update import EmaCsaConfig, csa_cascade_, ema_csa_update_reference, ema_denominator
 from .losses import cmcm_pair_reference, cmcm_reference, commitment_reference
 from .metrics import codebook_alignment, index_agreement, mode_agreement_count, perplexity, temporal_modes
 
 __all__ = [
     "BACKENDS",
+    "EmaCsaConfig",
     "assign",
     "assign_with_soft_usage",
     "dta_accumulate",

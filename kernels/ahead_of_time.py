@@ -129,6 +129,7 @@ def _record_paths() -> list[tuple[str, Any]]:
     from . import utilities
     from .assign_triton import assign_triton
     from .dta_accumulate_triton import dta_accumulate_triton
+    from .ema_csa_update import EmaCsaConfig
     from .ema_csa_update_triton import ema_csa_update_triton
     from .soft_usage_triton import soft_usage_backward, soft_usage_forward
 
@@ -168,25 +169,36 @@ def _record_paths() -> list[tuple[str, Any]]:
                 state = [codebook, codebook.clone(), torch.ones(num_mod, NUM_CODES, dtype=dtype),
                          torch.zeros(NUM_CODES, dtype=torch.int64)]
                 sums, counts = torch.zeros_like(codebook), torch.zeros(num_mod, NUM_CODES, dtype=dtype)
+                config = EmaCsaConfig(decay=0.99, eps=1e-5, laplace_smoothing=laplace,
+                                      csa_order=tuple(reversed(range(num_mod))), csa_persistent=persistent,
+                                      dead_after=300, active_window=100, count_floor=floor)
                 with utilities.record_launches() as launches:
-                    ema_csa_update_triton(
-                        *state, sums, counts, decay=0.99, eps=1e-5, laplace_smoothing=laplace,
-                        csa_order=tuple(reversed(range(num_mod))), csa_persistent=persistent,
-                        dead_after=300, active_window=100, count_floor=floor)
+                    ema_csa_update_triton(*state, sums, counts, config)
                 recorded.append((f"{str(dtype).removeprefix('torch.')} M={num_mod} {preset}", launches))
     return recorded
 
 
 def _expand(launch) -> list[tuple[Any, dict]]:
-    """(JITFunction, kwargs) per configuration a launch can run with (each autotune config)."""
-    from triton.runtime.autotuner import Autotuner
+    """(JITFunction, kwargs) per configuration a launch can run with (each autotune config), with the
+    values of the kernel's `triton.heuristics` (EVEN_D) for that configuration."""
+    from triton.runtime.autotuner import Autotuner, Heuristics
 
     kernel = launch.kernel
     if isinstance(kernel, Autotuner):
-        return [(kernel.fn, {**launch.kwargs, **cfg.kwargs, "num_warps": cfg.num_warps,
-                             "num_stages": cfg.num_stages}) for cfg in kernel.configs]
-    kwargs = {"num_warps": 4, "num_stages": 3, **launch.kwargs}  # Triton's launch defaults
-    return [(kernel, kwargs)]
+        configs = [{**launch.kwargs, **cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+                   for cfg in kernel.configs]
+        kernel = kernel.fn
+    else:
+        configs = [{"num_warps": 4, "num_stages": 3, **launch.kwargs}]  # Triton's launch defaults
+    expanded = []
+    for kwargs in configs:
+        fn = kernel
+        while isinstance(fn, Heuristics):  # as Heuristics.run: each value from the arguments and the config
+            kwargs = {**kwargs, **{name: rule({**dict(zip(fn.arg_names, launch.args)), **kwargs})
+                                   for name, rule in fn.values.items()}}
+            fn = fn.fn
+        expanded.append((fn, kwargs))
+    return expanded
 
 
 _CONFIG_KEYS = re.compile(r"^(BLOCK_\w+|num_warps|num_stages)$")

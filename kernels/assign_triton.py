@@ -1,31 +1,24 @@
-"""Nearest-code assignment (paper Eq. 3) as one fused Triton kernel, optionally with the softmax
-normaliser that DQA's soft usage needs from the same distance tiles.
+"""Nearest-code assignment as one fused Triton kernel, optionally with the softmax normaliser that
+DQA's soft usage needs from the same distance tiles. The math and its eager reference: `assign.py`.
 
-For every modality m and frame n (see `assign.py` for the eager reference):
+Layout: one launch for all modalities, grid = (cdiv(N, BLOCK_N), M). A program owns BLOCK_N frames
+of one modality, walks the codebook in BLOCK_K tiles, computes each [BLOCK_N, BLOCK_K] tile of
+z . E^T with tl.dot (fp32 accumulation, D looped in BLOCK_D chunks, no D mask when BLOCK_D divides
+D: `EVEN_D`, chosen per autotune config) and keeps a running (best value, best index) per frame.
+The [N, K] distances never exist in memory. z and E are read through their strides (views are not
+copied); the modality offset is int64, offsets inside a modality int32. The squared norms ||z||^2
+and ||E||^2 are one small torch reduction each per call, the reference's op.
 
-    d[m, n, k] = (||E[m, k]||^2 + ||z[m, n]||^2) - 2 z[m, n] . E[m, k]
-    idx[m, n]  = argmin_k d[m, n, k]          (lowest index wins a tie, as torch.argmin)
-    min_dist   = d[m, n, idx[m, n]]
-    lse[m, n]  = logsumexp_k -sqrt(max(d[m, n, k], 0))        (only when asked: `with_lse`)
+Rounding: d = (||E||^2 + ||z||^2) - 2 z.E in the reference's association, so that ties and near-ties
+are decided on the same rounded values. With `with_lse` the same program keeps an online
+log-sum-exp of s = -sqrt(max(d, 0)), whose running maximum is -sqrt(max(best value, 0)): the first
+of the two passes of DQA's forward (soft_usage_triton.py). `with_lse` is a run-time flag, not a
+specialisation: assign alone and the fused pass are one compiled kernel with one autotuned
+configuration per shape, so the indices with DQA on and off agree bit for bit.
 
-d keeps the reference's association (the norms are added first, as baddbmm's input, then 2 z.E is
-taken off) so that ties and near-ties are decided on the same rounded values as the reference's.
-The norms are one small torch reduction each per call, the same op as the reference.
-
-Kernel layout: one launch for all modalities, grid = (cdiv(N, BLOCK_N), M). A program owns
-BLOCK_N frames of one modality, walks the codebook in BLOCK_K tiles, computes each
-[BLOCK_N, BLOCK_K] tile of z . E^T with tl.dot (fp32 accumulation, D looped in BLOCK_D chunks) and
-keeps a running (best value, best index) per frame. The [N, K] distance matrix never exists in
-memory. With `with_lse` the same program also keeps an online log-sum-exp of the scores
-s = -sqrt(max(d, 0)); its running maximum is -sqrt(max(best value, 0)) (sqrt is monotone), so the
-argmin already provides it. That is the first of the two passes over E of DQA's forward
-(soft_usage_triton.py); assign alone and the fused pass are the same compiled kernel (`with_lse` is
-a run-time flag, not a specialisation) and share one autotuned configuration per shape, so the
-indices with DQA on and off agree bit for bit.
-
-Ties: inside a tile the lowest column among those equal to the tile minimum wins; across tiles
-the running best is replaced only on a strictly smaller value, so an earlier (lower-index) tile
-keeps a tie. Codes past K are masked to +inf so they never win.
+Ties: inside a tile the lowest column among those equal to the tile minimum wins; across tiles the
+running best is replaced only on a strictly smaller value, so an earlier (lower-index) tile keeps a
+tie, as torch.argmin. Codes past K are masked to +inf so they never win.
 """
 
 from __future__ import annotations
@@ -34,34 +27,39 @@ import torch
 import triton
 import triton.language as tl
 
-from .utilities import check_runs_here, check_tensor, interpreter_enabled, launch, require
+from .utilities import check_int32_offsets, check_tensor, interpreter_enabled, launch, launch_device, require
 
 __all__ = ["assign_triton", "autotune_configs"]
 
 _LATENT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
+# No D mask in the distance tiles when BLOCK_D divides D (D = 256 in the paper): decided per config,
+# after the autotuner (or a fixed launch setting) has chosen BLOCK_D. Shared with the soft-usage kernels.
+even_d = triton.heuristics({"EVEN_D": lambda args: args["D"] % args["BLOCK_D"] == 0})
+
 
 @triton.jit
 def _dot_tile(
-    z_ptr, e_ptr, rows, row_ok, cols, col_ok, D,
+    z_ptr, e_ptr, rows, row_ok, cols, col_ok, D, stride_zn, stride_zd, stride_ek, stride_ed,
     DOT_FP32: tl.constexpr, PREC: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """[BLOCK_N, BLOCK_K] tile of z . E^T for frames `rows` and codes `cols`, fp32 accumulation
-    over D chunks (shared with the soft-usage kernels)."""
+    """[BLOCK_N, BLOCK_K] tile of z . E^T for frames `rows` and codes `cols` of one modality, fp32
+    accumulation over D chunks (shared with the soft-usage kernels)."""
     offs_d = tl.arange(0, BLOCK_D)
     dot = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         # other=0 on both operands: padded rows / codes (/ dims) contribute 0 to the dot.
-        if EVEN_D:  # D % BLOCK_D == 0: no dimension mask to carry
+        if EVEN_D:  # no dimension mask to carry
             a_mask = row_ok[:, None]
             b_mask = col_ok[None, :]
         else:
             d_ok = (d0 + offs_d) < D
             a_mask = row_ok[:, None] & d_ok[None, :]
             b_mask = col_ok[None, :] & d_ok[:, None]
-        a = tl.load(z_ptr + rows[:, None] * D + (d0 + offs_d)[None, :], mask=a_mask, other=0.0)
-        b = tl.load(e_ptr + cols[None, :] * D + (d0 + offs_d)[:, None], mask=b_mask, other=0.0)
+        dims = d0 + offs_d
+        a = tl.load(z_ptr + rows[:, None] * stride_zn + dims[None, :] * stride_zd, mask=a_mask, other=0.0)
+        b = tl.load(e_ptr + cols[None, :] * stride_ek + dims[:, None] * stride_ed, mask=b_mask, other=0.0)
         if DOT_FP32:
             # fp32 (or mixed-dtype) operands: upcast; PREC picks exact "ieee" or "tf32".
             dot = tl.dot(a.to(tl.float32), b.to(tl.float32), dot, input_precision=PREC)
@@ -73,12 +71,13 @@ def _dot_tile(
 
 @triton.jit
 def _distance_tile(
-    z_ptr, e_ptr, esq_ptr, zsq, rows, row_ok, cols, col_ok, D,
+    z_ptr, e_ptr, esq_ptr, zsq, rows, row_ok, cols, col_ok, D, stride_zn, stride_zd, stride_ek, stride_ed,
     DOT_FP32: tl.constexpr, PREC: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Squared distances [BLOCK_N, BLOCK_K], (||E||^2 + ||z||^2) - 2 z.E as the reference; +inf past K."""
-    dot = _dot_tile(z_ptr, e_ptr, rows, row_ok, cols, col_ok, D, DOT_FP32, PREC, EVEN_D, BLOCK_N, BLOCK_K, BLOCK_D)
+    dot = _dot_tile(z_ptr, e_ptr, rows, row_ok, cols, col_ok, D, stride_zn, stride_zd, stride_ek, stride_ed,
+                    DOT_FP32, PREC, EVEN_D, BLOCK_N, BLOCK_K, BLOCK_D)
     # other=0: the masked columns are overwritten just below.
     esq = tl.load(esq_ptr + cols, mask=col_ok, other=0.0)
     d = (esq[None, :] + zsq[:, None]) - 2.0 * dot
@@ -96,18 +95,21 @@ def _argmin_update(best_val, best_idx, d, cols):
     return tl.where(better, tile_min, best_val), tl.where(better, tile_arg, best_idx)
 
 
+@even_d
 @triton.jit(do_not_specialize=["WITH_LSE"])
 def _assign_kernel(
-    z_ptr,  # [M, N, D] contiguous, fp32/bf16/fp16
-    e_ptr,  # [M, K, D] contiguous
-    esq_ptr,  # [M, K] fp32 codebook squared norms
-    zsq_ptr,  # [M, N] fp32 frame squared norms
-    idx_ptr,  # [M, N] int64 out
-    dist_ptr,  # [M, N] fp32 out
-    lse_ptr,  # [M, N] fp32 out when WITH_LSE (else never touched)
+    z_ptr,  # [M, N, D] fp32/bf16/fp16, any strides
+    e_ptr,  # [M, K, D] fp32/bf16/fp16, any strides
+    esq_ptr,  # [M, K] fp32 codebook squared norms, contiguous
+    zsq_ptr,  # [M, N] fp32 frame squared norms, contiguous
+    idx_ptr,  # [M, N] int64 out, contiguous
+    dist_ptr,  # [M, N] fp32 out, contiguous
+    lse_ptr,  # [M, N] fp32 out when WITH_LSE (else never touched), contiguous
     N,
     K,
     D,
+    stride_zm, stride_zn, stride_zd,
+    stride_em, stride_ek, stride_ed,
     WITH_LSE,  # run-time flag: one binary (and one autotuned config) for assign alone and DQA's pass
     N_BUCKET,  # autotune keys only (bucketed sizes); unused in the body
     K_BUCKET,
@@ -122,8 +124,8 @@ def _assign_kernel(
     pid_n = tl.program_id(0)
     # int64 modality offsets: M*N*D may pass 2^31 even when one modality does not.
     pid_m = tl.program_id(1).to(tl.int64)
-    z_ptr += pid_m * N * D
-    e_ptr += pid_m * K * D
+    z_ptr += pid_m * stride_zm
+    e_ptr += pid_m * stride_em
     esq_ptr += pid_m * K
     zsq_ptr += pid_m * N
     idx_ptr += pid_m * N
@@ -146,6 +148,7 @@ def _assign_kernel(
         cols = k0 + offs_k
         col_ok = cols < K
         d = _distance_tile(z_ptr, e_ptr, esq_ptr, zsq, rows, row_ok, cols, col_ok, D,
+                           stride_zn, stride_zd, stride_ek, stride_ed,
                            DOT_FP32, PREC, EVEN_D, BLOCK_N, BLOCK_K, BLOCK_D)
         best_val, best_idx = _argmin_update(best_val, best_idx, d, cols)
         if WITH_LSE != 0:
@@ -210,7 +213,7 @@ _assign_kernel_tuned = {fma: triton.autotune(configs=autotune_configs(fma), key=
 
 
 def check_pair(z: torch.Tensor, codebook: torch.Tensor, where: str) -> None:
-    """Shape/dtype/device checks shared by the distance-tile launchers (no silent casts)."""
+    """Shape, dtype and offset checks shared by the distance-tile launchers (their devices: `launch_device`)."""
     require(z.dim() == 3 and codebook.dim() == 3, where,
             f"expected z [M, N, D] and codebook [M, K, D], got {tuple(z.shape)} and {tuple(codebook.shape)}")
     require(z.shape[0] == codebook.shape[0] and z.shape[2] == codebook.shape[2], where,
@@ -218,11 +221,8 @@ def check_pair(z: torch.Tensor, codebook: torch.Tensor, where: str) -> None:
     require(codebook.shape[1] >= 1 and z.shape[2] >= 1, where,
             f"need K >= 1 codes and D >= 1 dims, got codebook {tuple(codebook.shape)}")
     check_tensor(z, where, "z", dtypes=_LATENT_DTYPES)
-    check_tensor(codebook, where, "codebook", dtypes=_LATENT_DTYPES, device=z.device)
-    check_runs_here(z, where)
-    num_frames, dim = z.shape[1:]
-    require(max(num_frames * dim, codebook.shape[1] * dim) < 2**31, where,
-            f"one modality's N*D or K*D exceeds int32 indexing ({tuple(z.shape)})")
+    check_tensor(codebook, where, "codebook", dtypes=_LATENT_DTYPES)
+    check_int32_offsets(where, z=z, codebook=codebook)
 
 
 def squared_norms(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,27 +244,24 @@ def launch_assign(
     z: torch.Tensor, codebook: torch.Tensor, frame_sq: torch.Tensor, code_sq: torch.Tensor,
     idx: torch.Tensor, min_dist: torch.Tensor, lse: torch.Tensor | None, allow_tf32: bool,
 ) -> None:
-    """The assign kernel on checked, contiguous inputs; `lse` given: also the log-sum-exp pass."""
+    """The assign kernel on checked inputs (z, codebook: any strides; the rest contiguous), under the
+    caller's `launch_device`; `lse` given: also the log-sum-exp pass."""
     num_mod, num_frames, dim = z.shape
     num_codes = codebook.shape[1]
     dot_fp32, prec = dot_mode(z, codebook, allow_tf32)
     args = (z, codebook, code_sq, frame_sq, idx, min_dist, min_dist if lse is None else lse,
-            num_frames, num_codes, dim, int(lse is not None))
+            num_frames, num_codes, dim, *z.stride(), *codebook.stride(), int(lse is not None))
     keys = dict(N_BUCKET=_bucket(num_frames), K_BUCKET=_bucket(num_codes), D_BUCKET=_bucket(dim))
     flops = 2 * num_mod * num_frames * num_codes * dim  # one pass of z . E^T
     if interpreter_enabled():
         # numpy would time every autotune config: one fixed config under the interpreter.
         cfg = _INTERPRET_CONFIG
         grid = (triton.cdiv(num_frames, cfg["BLOCK_N"]), num_mod)
-        launch(_assign_kernel, grid, *args, **keys, DOT_FP32=dot_fp32, PREC=prec,
-               EVEN_D=dim % cfg["BLOCK_D"] == 0, flops=flops, **cfg)
+        launch(_assign_kernel, grid, *args, **keys, DOT_FP32=dot_fp32, PREC=prec, flops=flops, **cfg)
     else:
-        # EVEN_D is a specialisation fixed before the autotuner picks: only when every config's
-        # BLOCK_D divides D (D = 256 in the paper) do the D masks go.
         tuner = _assign_kernel_tuned[dot_fp32 and prec == "ieee"]
-        even_d = all(dim % c.kwargs["BLOCK_D"] == 0 for c in tuner.configs)
         grid = lambda meta: (triton.cdiv(num_frames, meta["BLOCK_N"]), num_mod)  # noqa: E731
-        launch(tuner, grid, *args, **keys, DOT_FP32=dot_fp32, PREC=prec, EVEN_D=even_d, flops=flops)
+        launch(tuner, grid, *args, **keys, DOT_FP32=dot_fp32, PREC=prec, flops=flops)
 
 
 def assign_triton(
@@ -276,28 +273,27 @@ def assign_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest code per frame for all modalities in one launch.
 
-    z [M, N, D] (fp32/bf16/fp16), codebook [M, K, D] (fp32/bf16/fp16) ->
+    z [M, N, D] (fp32/bf16/fp16), codebook [M, K, D] (fp32/bf16/fp16), any strides (read in place) ->
     (idx [M, N] int64, min_dist [M, N] float32), as `assign_reference`.
     allow_tf32: fp32 dot products on TF32 tensor cores (faster on GPU, ~1e-3 relative error
-    in the ranking). out: optional preallocated (idx, min_dist) to write into.
+    in the ranking). out: optional preallocated, contiguous (idx, min_dist) to write into.
     No gradient flows (inputs are detached).
     """
     where = "assign_triton"
     check_pair(z, codebook, where)
-    num_mod, num_frames, dim = z.shape
-    z = z.detach().contiguous()
-    codebook = codebook.detach().contiguous()
-    if out is None:
-        idx = torch.empty((num_mod, num_frames), dtype=torch.int64, device=z.device)
-        min_dist = torch.empty((num_mod, num_frames), dtype=torch.float32, device=z.device)
-    else:
-        idx, min_dist = out
-        shape = (num_mod, num_frames)
-        check_tensor(idx, where, "out idx", shape=shape, dtypes=(torch.int64,), device=z.device, contiguous=True)
-        check_tensor(min_dist, where, "out min_dist", shape=shape, dtypes=(torch.float32,), device=z.device,
-                     contiguous=True)
-    if num_frames == 0:
-        return idx, min_dist
-    frame_sq, code_sq = squared_norms(z, codebook)
-    launch_assign(z, codebook, frame_sq, code_sq, idx, min_dist, None, allow_tf32)
+    num_mod, num_frames, _ = z.shape
+    z, codebook = z.detach(), codebook.detach()
+    with launch_device(where, z=z, codebook=codebook) as device:
+        if out is None:
+            idx = torch.empty((num_mod, num_frames), dtype=torch.int64, device=device)
+            min_dist = torch.empty((num_mod, num_frames), dtype=torch.float32, device=device)
+        else:
+            idx, min_dist = out
+            shape = (num_mod, num_frames)
+            check_tensor(idx, where, "out idx", shape=shape, dtypes=(torch.int64,), device=device, contiguous=True)
+            check_tensor(min_dist, where, "out min_dist", shape=shape, dtypes=(torch.float32,), device=device,
+                         contiguous=True)
+        if num_frames:
+            frame_sq, code_sq = squared_norms(z, codebook)
+            launch_assign(z, codebook, frame_sq, code_sq, idx, min_dist, None, allow_tf32)
     return idx, min_dist

@@ -21,7 +21,7 @@ import torch
 
 from .assign import assign_reference, assign_with_soft_usage_reference
 from .dta_accumulate import dta_accumulate_reference
-from .ema_csa_update import ema_csa_update_reference
+from .ema_csa_update import EmaCsaConfig, ema_csa_update_reference
 from .utilities import interpreter_enabled
 
 BACKENDS = ("auto", "eager", "triton")
@@ -115,22 +115,11 @@ def ema_csa_update(
     unused_steps: torch.Tensor,
     sums: torch.Tensor,
     counts: torch.Tensor,
-    *,
-    decay: float,
-    eps: float,
-    laplace_smoothing: bool,
-    csa_order: Sequence[int] | None,
-    csa_persistent: bool,
-    dead_after: int,
-    active_window: int,
-    count_floor: float = 0.0,
+    config: EmaCsaConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """EMA + Laplace smoothing + count floor + E = W / C + CSA + dead-code counters, in place, any
     number of modalities (see ema_csa_update.py); returns the (dead, active) masks [K]."""
-    args = (codebook, ema_sum, ema_count, unused_steps, sums, counts)
-    settings = dict(decay=decay, eps=eps, laplace_smoothing=laplace_smoothing, csa_order=csa_order,
-                    csa_persistent=csa_persistent, dead_after=dead_after, active_window=active_window,
-                    count_floor=count_floor)
+    args = (codebook, ema_sum, ema_count, unused_steps, sums, counts, config)
     if use_triton(codebook, state_dtypes=(torch.float32, torch.float64)):
-        return _triton("ema_csa_update_triton").ema_csa_update_triton(*args, **settings)
-    return ema_csa_update_reference(*args, **settings)
+        return _triton("ema_csa_update_triton").ema_csa_update_triton(*args)
+    return ema_csa_update_reference(*args)

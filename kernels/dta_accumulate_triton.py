@@ -1,33 +1,26 @@
-"""DTA accumulation (paper Eq. 4) in Triton: the per-codeword sums that feed the EMA update.
+"""DTA accumulation in Triton: the per-codeword sums that feed the EMA update. The math and its eager
+reference: `dta_accumulate.py`. Each frame contributes one mixed latent x[m, n] = a z[m, n] + b s[n]
+(a = self - cross, b = cross, s[n] = sum_p z[p, n]) to row m*K + idx[m, n] of the flattened [M*K, D]
+sums; with cross_weight == 0 the partners are never read (x = self_weight * z).
 
-For modality m and code k, over the frames n that chose k in m (idx[m, n] == k):
-
-    H[m, k] = self_weight * sum_n z[m, n] + cross_weight * sum_n sum_{p != m} z[p, n]
-            = sum_n ( (self_weight - cross_weight) * z[m, n] + cross_weight * sum_p z[p, n] )
-    n[m, k] = number of such frames
-
-so each frame contributes one "mixed" latent x[m, n] = a * z[m, n] + b * s[n] (a = self - cross,
-b = cross, s[n] = sum_p z[p, n]) to row m*K + idx[m, n] of the flattened [M*K, D] output. This is
-`dta_accumulate_reference` in `dta_accumulate.py`; with cross_weight == 0 the partners are never
-read (x = self_weight * z, as in the reference).
-
-Two paths, same result up to fp32 summation order:
+Two paths, the same result up to fp32 summation order:
 
 * atomic (default): one pass over frames. A program owns BLOCK_N frames x BLOCK_D dims, loads the M
   latents of those frames, forms x[m] in fp32 registers and scatters it with `tl.atomic_add` into
-  sums[m*K + idx]; the D-block-0 programs scatter 1.0 into counts. Order of the float additions is
-  whatever the hardware does, so results may differ in the last bits run to run.
-* deterministic: frames are sorted by (m, code) once with a stable `torch.sort` (positions of equal
-  codes keep frame order), segment bounds come from `torch.searchsorted`, and a segmented-sum kernel
-  walks each block of BLOCK_C codes' contiguous frame range in a fixed order. Bit-identical run to
-  run (for a given device and configuration). A single very popular code is walked serially by one
-  program per D-block, so this path is slower when the code usage is very skewed.
+  sums[m*K + idx]; the D-block-0 programs scatter 1.0 into counts. The order of the float additions
+  is the hardware's, so results may differ in the last bits run to run.
+* deterministic: frames are sorted by (m, code) once with a stable `torch.sort` (equal codes keep
+  frame order), segment bounds come from `torch.searchsorted`, and a segmented-sum kernel walks each
+  block of BLOCK_C codes' contiguous frame range in a fixed order: bit-identical run to run (for a
+  given device and configuration). A single very popular code is walked serially by one program per
+  D-block, so this path is slower when code usage is very skewed.
 
-Latents may be fp32, fp16 or bf16; everything is accumulated in fp32 and the outputs are fp32.
-Counts are exact integers in fp32 up to 2**24 frames per code. Indices outside [0, K) are ignored
-(never written out of bounds) instead of raising: checking them would need a host sync.
-The launchers never synchronise with the host (no .item(), no data-dependent branch), so they can
-be captured in a CUDA graph.
+Layout: z and idx are read through their strides with int64 offsets (views are not copied); sums
+and counts are contiguous outputs (the scatter addresses their rows as m*K + code). Latents may be
+fp32, fp16 or bf16; everything is accumulated in fp32 and the outputs are fp32. Counts are exact
+integers in fp32 up to 2**24 frames per code. Indices outside [0, K) are ignored (never written out
+of bounds) instead of raising: checking them would need a host sync. The launcher never synchronises
+with the host (no .item(), no data-dependent branch), so it can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -36,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utilities import check_runs_here, check_tensor, launch, require
+from .utilities import check_tensor, launch, launch_device, require
 
 _LATENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -165,23 +158,32 @@ def dta_accumulate_triton(
     out_sums: torch.Tensor | None = None,
     out_counts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """z [M, N, D] (fp32/fp16/bf16), idx [M, N] (int32/int64) -> sums fp32 [M, K, D], counts fp32 [M, K].
+    """z [M, N, D] (fp32/fp16/bf16), idx [M, N] (int32/int64), any strides -> sums fp32 [M, K, D],
+    counts fp32 [M, K], contiguous.
 
     Every element of the outputs is written (zero for codes no frame chose). `out_sums` /
-    `out_counts` may be given to write into preallocated buffers.
+    `out_counts` may be given to write into preallocated (contiguous) buffers.
     """
     where = "dta_accumulate_triton"
     require(z.dim() == 3, where, f"z must be [M, N, D], got shape {tuple(z.shape)}")
     num_mod, num_frames, dim = z.shape
     check_tensor(z, where, "z", dtypes=_LATENT_DTYPES)
-    check_tensor(idx, where, "idx", shape=(num_mod, num_frames), dtypes=(torch.int32, torch.int64), device=z.device)
+    check_tensor(idx, where, "idx", shape=(num_mod, num_frames), dtypes=(torch.int32, torch.int64))
     require(num_mod >= 1 and num_codes >= 1 and dim >= 1, where,
             f"need M, K, D >= 1, got M={num_mod}, K={num_codes}, D={dim}")
-    check_runs_here(z, where)
     num_codes = int(num_codes)
-    sums = _output(out_sums, "out_sums", (num_mod, num_codes, dim), z.device)
-    counts = _output(out_counts, "out_counts", (num_mod, num_codes), z.device)
+    with launch_device(where, z=z, idx=idx) as device:
+        return _accumulate(z, idx, num_codes, self_weight, cross_weight, deterministic,
+                           _output(out_sums, "out_sums", (num_mod, num_codes, dim), device),
+                           _output(out_counts, "out_counts", (num_mod, num_codes), device))
 
+
+def _accumulate(
+    z: torch.Tensor, idx: torch.Tensor, num_codes: int, self_weight: float, cross_weight: float, deterministic: bool,
+    sums: torch.Tensor, counts: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The launches of `dta_accumulate_triton` on checked inputs, under its `launch_device`."""
+    num_mod, num_frames, dim = z.shape
     a = float(self_weight) - float(cross_weight)
     b = float(cross_weight)
     has_cross = b != 0.0  # a config constant, not data: fine for graph capture

@@ -35,8 +35,34 @@ modality chose; dead = U > dead_after (their U <- 0); active = 0 <= U < active_w
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass(frozen=True)
+class EmaCsaConfig:
+    """What one codebook update does, shared by `ema_csa_update` (dispatch.py), its reference here and
+    its Triton kernel: the EMA's `decay` and `eps`, Laplace smoothing or E = W / (C + eps), the CSA
+    cascade order (modality indices, applied in turn; empty: no CSA) and whether the moved codewords
+    persist into W, the dead-code thresholds, and the count floor (0: off)."""
+
+    decay: float
+    eps: float
+    laplace_smoothing: bool
+    csa_order: tuple[int, ...]
+    csa_persistent: bool
+    dead_after: int
+    active_window: int
+    count_floor: float = 0.0
+
+    def __post_init__(self) -> None:
+        order = tuple(int(m) for m in (self.csa_order or ()))
+        if any(m < 0 for m in order):
+            raise ValueError(f"EmaCsaConfig: csa_order must hold modality indices >= 0, got {order}")
+        if not self.count_floor >= 0:
+            raise ValueError(f"EmaCsaConfig: count_floor must be >= 0, got {self.count_floor}")
+        object.__setattr__(self, "csa_order", order)  # any sequence (or None) in, a hashable tuple kept
 
 
 def ema_denominator(ema_count: torch.Tensor, eps: float, laplace_smoothing: bool) -> torch.Tensor:
@@ -57,18 +83,11 @@ def ema_csa_update_reference(
     unused_steps: torch.Tensor,
     sums: torch.Tensor,
     counts: torch.Tensor,
-    *,
-    decay: float,
-    eps: float,
-    laplace_smoothing: bool,
-    csa_order: Sequence[int] | None,
-    csa_persistent: bool,
-    dead_after: int,
-    active_window: int,
-    count_floor: float = 0.0,
+    config: EmaCsaConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Update E [M,K,D], W [M,K,D], C [M,K], U [K] in place; return the (dead, active) masks [K]."""
     num_codes = ema_count.shape[1]
+    decay, eps, laplace_smoothing, count_floor = config.decay, config.eps, config.laplace_smoothing, config.count_floor
     if count_floor > 0:  # the codeword a below-floor code is held at (module docstring)
         settled = (ema_count >= count_floor).unsqueeze(-1)
         old_denom = ema_denominator(ema_count, eps, laplace_smoothing).clamp(min=count_floor).unsqueeze(-1)
@@ -85,14 +104,14 @@ def ema_csa_update_reference(
         ema_sum.copy_(torch.where(low.unsqueeze(-1), anchor * floor_denom, ema_sum))
     denom = ema_denominator(ema_count, eps, laplace_smoothing).unsqueeze(-1)
     torch.div(ema_sum, denom, out=codebook)
-    if csa_order:
-        csa_cascade_(codebook, csa_order)
-        if csa_persistent:
+    if config.csa_order:
+        csa_cascade_(codebook, config.csa_order)
+        if config.csa_persistent:
             torch.mul(codebook, denom, out=ema_sum)
 
     selected = counts.sum(dim=0) > 0
     unused_steps.add_(1).masked_fill_(selected, 0)
-    dead = unused_steps > dead_after
-    active = (unused_steps >= 0) & (unused_steps < active_window) & ~dead
+    dead = unused_steps > config.dead_after
+    active = (unused_steps >= 0) & (unused_steps < config.active_window) & ~dead
     unused_steps.masked_fill_(dead, 0)
     return dead, active

@@ -1,19 +1,6 @@
-"""Per-codeword state update of one training step in Triton: EMA (paper Eq. 5), count floor, CSA
-cascade (Eq. 6-7), dead-code counters (spec §3.7 step 1-2). In place, like `ema_csa_update_reference`,
-for any number of modalities M.
-
-With n [M, K] the step's counts and H [M, K, D] its DTA sums:
-
-    C <- decay * C + (1 - decay) * n
-    C <- (C + eps) / (sum_k C + K * eps) * sum_k C        (Laplace smoothing)
-    W <- decay * W + (1 - decay) * H
-    where C < floor (count_floor > 0):  C <- floor,  W <- A * denominator(C),
-        A = W_old / max(denominator(C_old), floor) if C_old >= floor, else E_old
-    E <- W / C                (smoothed)     or     E <- W / (C + eps)
-    E[o_j, k] <- 1/M * sum_m E[m, k]   for j = 1..len(order)   (CSA cascade, sequential)
-    W <- E * denominator                                      (csa_persistent, only with a cascade)
-    U <- U + 1;  U[k] <- 0 where sum_m n[m, k] > 0
-    dead = U > dead_after (then U[dead] <- 0);  active = 0 <= U < active_window and not dead
+"""One training step's per-codeword state update in Triton, in place, for any number of modalities M:
+EMA, count floor, E = W / C, CSA cascade, dead-code counters. The math and its eager reference:
+`ema_csa_update.py` (`ema_csa_update_reference`, `EmaCsaConfig`).
 
 Two launches, no host synchronisation (CUDA-graph capturable):
 
@@ -30,7 +17,13 @@ Two launches, no host synchronisation (CUDA-graph capturable):
    (dead, active) masks. The cascade order is data (an int32 tensor on the device, one step per
    loop iteration), not a specialisation: one compiled kernel per M serves every order.
 
-State (E, W, C) is float32 or float64 (all the same dtype). The step's sums/counts are read in
+Layout: every tensor must be contiguous. The state (E, W, C, U) is updated in place, so it must be
+the caller's own buffers, not copies; and the kernel addresses E, W and the step's sums H with one
+flat int64 offset tile [M_PAD, BLOCK_K, BLOCK_D] (C and n with one row tile), where strided sums
+would need a second one live beside it, in a kernel whose tiles are sized to stay in registers
+(`blocks`). The sums and counts production passes are dta_accumulate's outputs, contiguous.
+
+Precision: the state is float32 or float64 (all the same dtype); the step's sums/counts are read in
 their own dtype and converted to the state's. decay, eps, K*eps and the floor are compile-time
 constants (one compilation per configuration) so that they are materialised in the state's
 precision, exactly like the reference's Python-float scalars; float64 therefore matches the
@@ -40,13 +33,13 @@ reference to ~1e-15 relative (only the order of the sums over K and over modalit
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
 
-from .utilities import check_runs_here, check_tensor, launch, require
+from .ema_csa_update import EmaCsaConfig
+from .utilities import check_tensor, launch, launch_device, require
 
 __all__ = ["ema_csa_update_triton"]
 
@@ -196,60 +189,49 @@ def ema_csa_update_triton(
     unused_steps: torch.Tensor,
     sums: torch.Tensor,
     counts: torch.Tensor,
-    *,
-    decay: float,
-    eps: float,
-    laplace_smoothing: bool,
-    csa_order: Sequence[int] | None,
-    csa_persistent: bool,
-    dead_after: int,
-    active_window: int,
-    count_floor: float = 0.0,
+    config: EmaCsaConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Update E [M,K,D], W [M,K,D], C [M,K], U [K] in place; return the (dead, active) masks [K]."""
+    """Update E [M,K,D], W [M,K,D], C [M,K], U [K] in place; return the (dead, active) masks [K].
+    All contiguous (module docstring)."""
     where = "ema_csa_update_triton"
     require(codebook.dim() == 3, where, f"codebook must be [M, K, D], got shape {tuple(codebook.shape)}")
     num_mod, num_codes, dim = codebook.shape
     require(num_mod >= 1 and num_codes >= 1 and dim >= 1, where,
             f"need M, K, D >= 1, got M={num_mod}, K={num_codes}, D={dim}")
-    device = codebook.device
     check_tensor(codebook, where, "codebook", dtypes=_STATE_DTYPES, contiguous=True)
     state = codebook.dtype
-    check_tensor(ema_sum, where, "ema_sum", shape=codebook.shape, dtypes=(state,), device=device, contiguous=True)
-    check_tensor(ema_count, where, "ema_count", shape=(num_mod, num_codes), dtypes=(state,), device=device,
-                 contiguous=True)
-    check_tensor(sums, where, "sums", shape=codebook.shape, dtypes=_STEP_DTYPES, device=device, contiguous=True)
-    check_tensor(counts, where, "counts", shape=(num_mod, num_codes), dtypes=_STEP_DTYPES, device=device,
-                 contiguous=True)
-    check_tensor(unused_steps, where, "unused_steps", shape=(num_codes,), dtypes=(torch.int64,), device=device,
-                 contiguous=True)
-    check_runs_here(codebook, where)
-    order = tuple(int(o) for o in (csa_order or ()))
-    require(all(0 <= o < num_mod for o in order), where,
+    check_tensor(ema_sum, where, "ema_sum", shape=codebook.shape, dtypes=(state,), contiguous=True)
+    check_tensor(ema_count, where, "ema_count", shape=(num_mod, num_codes), dtypes=(state,), contiguous=True)
+    check_tensor(sums, where, "sums", shape=codebook.shape, dtypes=_STEP_DTYPES, contiguous=True)
+    check_tensor(counts, where, "counts", shape=(num_mod, num_codes), dtypes=_STEP_DTYPES, contiguous=True)
+    check_tensor(unused_steps, where, "unused_steps", shape=(num_codes,), dtypes=(torch.int64,), contiguous=True)
+    order = config.csa_order
+    require(all(o < num_mod for o in order), where,
             f"csa_order entries must be modality indices in [0, {num_mod}), got {order}")
-    require(count_floor >= 0, where, f"count_floor must be >= 0, got {count_floor}")
 
-    decay, eps, floor = float(decay), float(eps), float(count_floor)
-    laplace = bool(laplace_smoothing)
-    dead = torch.empty(num_codes, dtype=torch.bool, device=device)
-    active = torch.empty(num_codes, dtype=torch.bool, device=device)
-    if floor > 0:  # the step's starting counts and the below-floor mask, for the second launch
-        old_count = torch.empty_like(ema_count)
-        low = torch.empty((num_mod, num_codes), dtype=torch.uint8, device=device)
-    else:  # never read: any valid pointer
-        old_count, low = ema_count, dead.view(torch.uint8)
-    constants = dict(DECAY=decay, ONE_MINUS_DECAY=1.0 - decay, EPS=eps, LAPLACE=laplace, FLOOR=floor)
+    floor = float(config.count_floor)
+    constants = dict(DECAY=float(config.decay), ONE_MINUS_DECAY=1.0 - float(config.decay), EPS=float(config.eps),
+                     LAPLACE=bool(config.laplace_smoothing), FLOOR=floor)
+    with launch_device(where, codebook=codebook, ema_sum=ema_sum, ema_count=ema_count, unused_steps=unused_steps,
+                       sums=sums, counts=counts) as device:
+        dead = torch.empty(num_codes, dtype=torch.bool, device=device)
+        active = torch.empty(num_codes, dtype=torch.bool, device=device)
+        if floor > 0:  # the step's starting counts and the below-floor mask, for the second launch
+            old_count = torch.empty_like(ema_count)
+            low = torch.empty((num_mod, num_codes), dtype=torch.uint8, device=device)
+        else:  # never read: any valid pointer
+            old_count, low = ema_count, dead.view(torch.uint8)
 
-    launch(_ema_count_kernel, (num_mod,), ema_count, counts, old_count, low, num_codes,
-           K_EPS=num_codes * eps, BLOCK_K=1024, num_warps=4, **constants)
-    m_pad, block_k, block_d = blocks(num_mod, dim, state)
-    grid = (triton.cdiv(num_codes, block_k), triton.cdiv(dim, block_d))
-    launch(
-        _ema_csa_update_kernel, grid,
-        codebook, ema_sum, ema_count, old_count, low, unused_steps, sums, counts, _order_tensor(order, device),
-        dead.view(torch.uint8), active.view(torch.uint8),  # bool masks written as 0/1 bytes
-        num_codes, dim, len(order), int(dead_after), int(active_window),
-        M=num_mod, M_PAD=m_pad, PERSIST=bool(csa_persistent) and len(order) > 0,
-        BLOCK_K=block_k, BLOCK_D=block_d, num_warps=8, **constants,
-    )
+        launch(_ema_count_kernel, (num_mod,), ema_count, counts, old_count, low, num_codes,
+               K_EPS=num_codes * float(config.eps), BLOCK_K=1024, num_warps=4, **constants)
+        m_pad, block_k, block_d = blocks(num_mod, dim, state)
+        grid = (triton.cdiv(num_codes, block_k), triton.cdiv(dim, block_d))
+        launch(
+            _ema_csa_update_kernel, grid,
+            codebook, ema_sum, ema_count, old_count, low, unused_steps, sums, counts, _order_tensor(order, device),
+            dead.view(torch.uint8), active.view(torch.uint8),  # bool masks written as 0/1 bytes
+            num_codes, dim, len(order), int(config.dead_after), int(config.active_window),
+            M=num_mod, M_PAD=m_pad, PERSIST=bool(config.csa_persistent) and len(order) > 0,
+            BLOCK_K=block_k, BLOCK_D=block_d, num_warps=8, **constants,
+        )
     return dead, active

@@ -1,42 +1,29 @@
-"""Soft code usage for DQA as fused Triton kernels, forward and backward, without [N, K].
+"""DQA's soft code usage as fused Triton kernels, forward and backward, without the [N, K] matrix.
+The math and its eager reference: `assign.py` (`soft_usage_reference`); p = softmax_k(s), s = -sqrt(max(d, 0)),
+P[b] = mean over the T frames of sample b of p.
 
-Math (see `assign.py`, `soft_usage_reference`): for modality m, frame n = b*T + t, code k
+Forward, two passes over E (FlashAttention style, memory O(N*D + K*D + B*K)):
+  1. the assign kernel with its log-sum-exp on (assign_triton.py), grid (cdiv(N, BLOCK_N), M): the
+     nearest code, its distance and lse [M, N] (saved for backward). DQA's assignment is this pass.
+  2. `_soft_usage_fwd_kernel`, grid (cdiv(B, BLOCK_B), cdiv(K, BLOCK_K), M): a program owns BLOCK_B
+     whole samples and one code tile; it loops t = 0..T-1 over the frames b*T + t of its samples,
+     recomputes the distance tile and sums p = exp(s - lse) over t in registers. No atomics: each P
+     element is written once, so the forward is deterministic.
 
-    d[n, k] = (||E[k]||^2 + ||z[n]||^2) - 2 z[n] . E[k]
-    s[n, k] = -sqrt(max(d[n, k], 0))                 (neg_safe_sqrt: 0 with zero gradient if d <= 0)
-    p[n, k] = softmax_k(s[n, :]) = exp(s[n, k] - lse[n]),  lse[n] = logsumexp_k s[n, k]
-    P[b, k] = 1/T * sum_t p[b*T + t, k]
+Backward, g[n, k] = dP[b, k] / T, recomputing the distance tiles:
+  3. `_soft_usage_bwd_row_kernel`, grid (cdiv(N, BLOCK_N), M): r[n] = sum_k p[n, k] g[n, k] (one pass over K).
+  4. `_soft_usage_bwd_dz_kernel`, grid (cdiv(N, BLOCK_N), cdiv(D, BLOCK_DO), M): per K tile,
+     dd = p (g - r) * d(-sqrt d)/dd (0 where d <= 0, as neg_safe_sqrt), accumulating dd @ E[:, d-chunk]
+     with tl.dot and sum_k dd; dz = 2 (sum_k dd) z - 2 dd @ E. The d-chunk grid axis bounds the
+     [BLOCK_N, BLOCK_DO] accumulator for large D (the distance tiles are recomputed once per chunk).
+     dd @ E runs at `PREC` on fp32 latents and on TF32 tensor cores for bf16/fp16 latents (their
+     codewords are exact in TF32, and dd keeps the fp32 exponent range a half-precision operand would lose).
 
-Forward: two passes over E (FlashAttention style, memory O(N*D + K*D + B*K)):
-  1. the assign kernel with its log-sum-exp on (assign_triton.py), grid (cdiv(N, BLOCK_N), M): one
-     pass over the K tiles gives the nearest code, its distance and lse [M, N] (saved for backward).
-     The assignment DQA's forward needs comes from this pass; no separate assign pass is run.
-  2. `_soft_usage_fwd_kernel`, grid (cdiv(B, BLOCK_B), cdiv(K, BLOCK_K), M): a program owns
-     BLOCK_B whole samples and one code tile; it loops t = 0..T-1 over the frames b*T + t of
-     its samples, recomputes the distance tile, and sums p over t in registers. Deterministic:
-     no atomics, each P element is written once.
-
-Backward, given g[n, k] = dP[b, k] / T (softmax + chain rule, recomputing d tiles):
-
-    r[n]      = sum_j p[n, j] g[n, j]
-    ds[n, k]  = p[n, k] (g[n, k] - r[n])
-    dd[n, k]  = ds[n, k] * (-1 / (2 sqrt(d[n, k])))  if d > 0 else 0
-    dz[n]     = 2 (sum_k dd[n, k]) z[n] - 2 sum_k dd[n, k] E[k]
-
-  3. `_soft_usage_bwd_row_kernel`, grid (cdiv(N, BLOCK_N), M): r [M, N] (one pass over K).
-  4. `_soft_usage_bwd_dz_kernel`, grid (cdiv(N, BLOCK_N), cdiv(D, BLOCK_DO), M): recompute d
-     and p per K tile, form dd and accumulate dd @ E[:, d-chunk] with tl.dot plus sum_k dd.
-     The d-chunk grid axis bounds the [BLOCK_N, BLOCK_DO] accumulator for large D (the
-     distance tile is recomputed once per chunk). dd @ E runs at `PREC` on fp32 latents and on
-     TF32 tensor cores for bf16/fp16 latents (their codewords are exact in TF32, and dd keeps the
-     fp32 exponent range that a half-precision operand would lose to underflow).
-
-||z||^2 [M, N] and ||E||^2 [M, K] are computed once per call with torch in fp32 (the same op
-as the reference) and read by every kernel; d keeps the reference's association
-(||E||^2 + ||z||^2) - 2 z.E because sqrt(d) near 0 is sensitive to the rounding of d.
-
-The codebook is a constant buffer: no gradient flows to it (the autograd function returns
-None for it). The softmax is computed in fp32 whatever the latent dtype; dz has z's dtype.
+Layout: z, E and dP are read through their strides (views and expanded upstream gradients are not
+copied); P, lse, r and dz are contiguous outputs. ||z||^2 and ||E||^2 are computed once per call with
+torch in fp32 and read by every kernel; d keeps the reference's association (||E||^2 + ||z||^2) - 2 z.E
+because sqrt(d) near 0 is sensitive to its rounding. The softmax is fp32 whatever the latent dtype;
+dz has z's dtype. The codebook is a constant (EMA) buffer: no gradient flows to it.
 """
 
 from __future__ import annotations
@@ -45,15 +32,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .assign_triton import _distance_tile, check_pair, dot_mode, launch_assign, squared_norms
-from .utilities import check_tensor, interpreter_enabled, launch, require
+from .assign_triton import _distance_tile, check_pair, dot_mode, even_d, launch_assign, squared_norms
+from .utilities import check_int32_offsets, check_tensor, interpreter_enabled, launch, launch_device, require
 
 __all__ = ["assign_with_soft_usage_triton", "soft_usage_backward", "soft_usage_forward", "soft_usage_triton"]
 
 
 @triton.jit
 def _score_tile(
-    z_ptr, e_ptr, esq_ptr, zsq, rows, row_ok, cols, col_ok, D,
+    z_ptr, e_ptr, esq_ptr, zsq, rows, row_ok, cols, col_ok, D, stride_zn, stride_zd, stride_ek, stride_ed,
     DOT_FP32: tl.constexpr, PREC: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -62,14 +49,15 @@ def _score_tile(
     Codes past K get d = +inf and s = -inf (exp -> 0: they take no probability mass).
     """
     d = _distance_tile(z_ptr, e_ptr, esq_ptr, zsq, rows, row_ok, cols, col_ok, D,
-                       DOT_FP32, PREC, EVEN_D, BLOCK_N, BLOCK_K, BLOCK_D)
+                       stride_zn, stride_zd, stride_ek, stride_ed, DOT_FP32, PREC, EVEN_D, BLOCK_N, BLOCK_K, BLOCK_D)
     return d, -tl.sqrt(tl.maximum(d, 0.0))
 
 
+@even_d
 @triton.jit
 def _soft_usage_fwd_kernel(
-    z_ptr,  # [M, N, D]
-    e_ptr,  # [M, K, D]
+    z_ptr,  # [M, N, D], any strides
+    e_ptr,  # [M, K, D], any strides
     esq_ptr,  # [M, K] fp32
     zsq_ptr,  # [M, N] fp32
     lse_ptr,  # [M, N] fp32
@@ -80,6 +68,8 @@ def _soft_usage_fwd_kernel(
     B,
     T,
     inv_T,
+    stride_zm, stride_zn, stride_zd,
+    stride_em, stride_ek, stride_ed,
     DOT_FP32: tl.constexpr,
     PREC: tl.constexpr,
     EVEN_D: tl.constexpr,
@@ -90,8 +80,8 @@ def _soft_usage_fwd_kernel(
     pid_b = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2).to(tl.int64)
-    z_ptr += pid_m * N * D
-    e_ptr += pid_m * K * D
+    z_ptr += pid_m * stride_zm
+    e_ptr += pid_m * stride_em
     esq_ptr += pid_m * K
     zsq_ptr += pid_m * N
     lse_ptr += pid_m * N
@@ -107,6 +97,7 @@ def _soft_usage_fwd_kernel(
         rows = samples * T + t  # frame t of each owned sample (rows strided by T)
         zsq = tl.load(zsq_ptr + rows, mask=sample_ok, other=0.0)
         d, s = _score_tile(z_ptr, e_ptr, esq_ptr, zsq, rows, sample_ok, cols, col_ok, D,
+                           stride_zn, stride_zd, stride_ek, stride_ed,
                            DOT_FP32, PREC, EVEN_D, BLOCK_B, BLOCK_K, BLOCK_D)
         # other=0 for padded samples: their p is finite garbage and is never stored.
         lse = tl.load(lse_ptr + rows, mask=sample_ok, other=0.0)
@@ -116,14 +107,15 @@ def _soft_usage_fwd_kernel(
     )
 
 
+@even_d
 @triton.jit
 def _soft_usage_bwd_row_kernel(
-    z_ptr,  # [M, N, D]
-    e_ptr,  # [M, K, D]
+    z_ptr,  # [M, N, D], any strides
+    e_ptr,  # [M, K, D], any strides
     esq_ptr,  # [M, K] fp32
     zsq_ptr,  # [M, N] fp32
     lse_ptr,  # [M, N] fp32
-    dp_ptr,  # [M, B, K] fp32 upstream gradient
+    dp_ptr,  # [M, B, K] fp32 upstream gradient, any strides
     r_ptr,  # [M, N] fp32 out: sum_k p[n, k] g[n, k]
     N,
     K,
@@ -131,6 +123,9 @@ def _soft_usage_bwd_row_kernel(
     B,
     T,
     inv_T,
+    stride_zm, stride_zn, stride_zd,
+    stride_em, stride_ek, stride_ed,
+    stride_gm, stride_gb, stride_gk,
     DOT_FP32: tl.constexpr,
     PREC: tl.constexpr,
     EVEN_D: tl.constexpr,
@@ -140,12 +135,12 @@ def _soft_usage_bwd_row_kernel(
 ):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1).to(tl.int64)
-    z_ptr += pid_m * N * D
-    e_ptr += pid_m * K * D
+    z_ptr += pid_m * stride_zm
+    e_ptr += pid_m * stride_em
     esq_ptr += pid_m * K
     zsq_ptr += pid_m * N
     lse_ptr += pid_m * N
-    dp_ptr += pid_m * B * K
+    dp_ptr += pid_m * stride_gm
     r_ptr += pid_m * N
 
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -160,30 +155,36 @@ def _soft_usage_bwd_row_kernel(
         cols = k0 + offs_k
         col_ok = cols < K
         d, s = _score_tile(z_ptr, e_ptr, esq_ptr, zsq, rows, row_ok, cols, col_ok, D,
+                           stride_zn, stride_zd, stride_ek, stride_ed,
                            DOT_FP32, PREC, EVEN_D, BLOCK_N, BLOCK_K, BLOCK_D)
         p = tl.exp(s - lse[:, None])
         # other=0: padded codes/rows carry no upstream gradient.
-        g = tl.load(dp_ptr + sample[:, None] * K + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        g = tl.load(dp_ptr + sample[:, None] * stride_gb + cols[None, :] * stride_gk,
+                    mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         r += tl.sum(p * g, axis=1)
     tl.store(r_ptr + rows, r * inv_T, mask=row_ok)
 
 
+@even_d
 @triton.jit
 def _soft_usage_bwd_dz_kernel(
-    z_ptr,  # [M, N, D]
-    e_ptr,  # [M, K, D]
+    z_ptr,  # [M, N, D], any strides
+    e_ptr,  # [M, K, D], any strides
     esq_ptr,  # [M, K] fp32
     zsq_ptr,  # [M, N] fp32
     lse_ptr,  # [M, N] fp32
-    dp_ptr,  # [M, B, K] fp32
+    dp_ptr,  # [M, B, K] fp32, any strides
     r_ptr,  # [M, N] fp32
-    dz_ptr,  # [M, N, D] out, z's dtype
+    dz_ptr,  # [M, N, D] out, z's dtype, contiguous
     N,
     K,
     D,
     B,
     T,
     inv_T,
+    stride_zm, stride_zn, stride_zd,
+    stride_em, stride_ek, stride_ed,
+    stride_gm, stride_gb, stride_gk,
     DOT_FP32: tl.constexpr,
     PREC: tl.constexpr,
     DZ_PREC: tl.constexpr,
@@ -196,12 +197,12 @@ def _soft_usage_bwd_dz_kernel(
     pid_n = tl.program_id(0)
     pid_do = tl.program_id(1)
     pid_m = tl.program_id(2).to(tl.int64)
-    z_ptr += pid_m * N * D
-    e_ptr += pid_m * K * D
+    z_ptr += pid_m * stride_zm
+    e_ptr += pid_m * stride_em
     esq_ptr += pid_m * K
     zsq_ptr += pid_m * N
     lse_ptr += pid_m * N
-    dp_ptr += pid_m * B * K
+    dp_ptr += pid_m * stride_gm
     r_ptr += pid_m * N
     dz_ptr += pid_m * N * D
 
@@ -221,9 +222,11 @@ def _soft_usage_bwd_dz_kernel(
         cols = k0 + offs_k
         col_ok = cols < K
         d, s = _score_tile(z_ptr, e_ptr, esq_ptr, zsq, rows, row_ok, cols, col_ok, D,
+                           stride_zn, stride_zd, stride_ek, stride_ed,
                            DOT_FP32, PREC, EVEN_D, BLOCK_N, BLOCK_K, BLOCK_D)
         p = tl.exp(s - lse[:, None])
-        g = tl.load(dp_ptr + sample[:, None] * K + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        g = tl.load(dp_ptr + sample[:, None] * stride_gb + cols[None, :] * stride_gk,
+                    mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         ds = p * (g * inv_T - r[:, None])
         # d/dd of -sqrt(d) is -1/(2 sqrt d) for d > 0; neg_safe_sqrt has zero gradient where d <= 0
         # (the inner where keeps 1/sqrt away from 0 and negatives). Padded codes: d = inf -> 0.
@@ -233,12 +236,14 @@ def _soft_usage_bwd_dz_kernel(
         dd_sum += tl.sum(dd, axis=1)
         # other=0: padded codes/dims add nothing to dd @ E.
         e = tl.load(
-            e_ptr + cols[:, None] * D + out_d[None, :], mask=col_ok[:, None] & out_d_ok[None, :], other=0.0
+            e_ptr + cols[:, None] * stride_ek + out_d[None, :] * stride_ed, mask=col_ok[:, None] & out_d_ok[None, :],
+            other=0.0,
         ).to(tl.float32)
         dd_e = tl.dot(dd, e, dd_e, input_precision=DZ_PREC)
 
     z_out = tl.load(
-        z_ptr + rows[:, None] * D + out_d[None, :], mask=row_ok[:, None] & out_d_ok[None, :], other=0.0
+        z_ptr + rows[:, None] * stride_zn + out_d[None, :] * stride_zd, mask=row_ok[:, None] & out_d_ok[None, :],
+        other=0.0,
     ).to(tl.float32)
     dz = 2.0 * dd_sum[:, None] * z_out - 2.0 * dd_e
     tl.store(dz_ptr + rows[:, None] * D + out_d[None, :], dz, mask=row_ok[:, None] & out_d_ok[None, :])
@@ -270,7 +275,9 @@ def _configs(dim: int, num_frames: int, fma: bool) -> dict[str, dict]:
         row = dict(BLOCK_N=32, BLOCK_K=64, num_warps=4)
     else:
         forward = dict(BLOCK_B=32, BLOCK_K=128, num_warps=8)
-        row = dict(BLOCK_N=64, BLOCK_K=128, num_warps=8)
+        # the exact fp32 path holds its dot operands in registers: 64 codes a tile (128 spilled 16 B
+        # on sm_90 with Triton 3.6)
+        row = dict(BLOCK_N=64, BLOCK_K=64 if fma else 128, num_warps=8)
     if num_frames < MANY_FRAMES or fma:
         dz = dict(BLOCK_N=16, BLOCK_K=32, BLOCK_DO=min(256, d_pow2), num_warps=4, num_stages=1)
     else:
@@ -279,23 +286,22 @@ def _configs(dim: int, num_frames: int, fma: bool) -> dict[str, dict]:
             "dz": dict(dz, BLOCK_D=block_d)}
 
 
-def _prepare(z, codebook, frames_per_sample, where):
+def _check_samples(z, codebook, frames_per_sample, where) -> int:
+    """The checks of both launchers; T."""
     check_pair(z, codebook, where)
     require(int(frames_per_sample) == frames_per_sample and frames_per_sample >= 1, where,
             f"frames_per_sample must be a positive int, got {frames_per_sample!r}")
     require(z.shape[1] % frames_per_sample == 0, where,
             f"N={z.shape[1]} frames is not a multiple of T={frames_per_sample}")
-    z = z.detach().contiguous()
-    codebook = codebook.detach().contiguous()
-    frame_sq, code_sq = squared_norms(z, codebook)
-    return z, codebook, code_sq, frame_sq
+    return int(frames_per_sample)
 
 
 def _output(out, shape, dtype, device, what, where):
-    """A preallocated output after its check, or a fresh one."""
+    """A preallocated output after its check, or a fresh one (contiguous, int32-addressable)."""
     if out is None:
-        return torch.empty(shape, dtype=dtype, device=device)
+        out = torch.empty(shape, dtype=dtype, device=device)
     check_tensor(out, where, what, shape=shape, dtypes=(dtype,), device=device, contiguous=True)
+    check_int32_offsets(where, **{what: out})
     return out
 
 
@@ -311,30 +317,33 @@ def soft_usage_forward(
     dist_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward launcher, two passes over E: (P [M, B, K] float32, lse [M, N] float32,
-    idx [M, N] int64, min_dist [M, N] float32), the last two as `assign_triton`. No autograd."""
+    idx [M, N] int64, min_dist [M, N] float32), the last two as `assign_triton`. No autograd.
+    z and codebook: any strides; the outputs, given or not, are contiguous."""
     where = "soft_usage_forward"
-    z, codebook, code_sq, frame_sq = _prepare(z, codebook, frames_per_sample, where)
+    T = _check_samples(z, codebook, frames_per_sample, where)
+    z, codebook = z.detach(), codebook.detach()
     num_mod, num_frames, dim = z.shape
     num_codes = codebook.shape[1]
-    T = int(frames_per_sample)
     B = num_frames // T
-    out = _output(out, (num_mod, B, num_codes), torch.float32, z.device, "out", where)
-    lse_out = _output(lse_out, (num_mod, num_frames), torch.float32, z.device, "lse_out", where)
-    idx_out = _output(idx_out, (num_mod, num_frames), torch.int64, z.device, "idx_out", where)
-    dist_out = _output(dist_out, (num_mod, num_frames), torch.float32, z.device, "dist_out", where)
-    if num_frames == 0:
-        return out, lse_out, idx_out, dist_out
+    with launch_device(where, z=z, codebook=codebook) as device:
+        out = _output(out, (num_mod, B, num_codes), torch.float32, device, "out", where)
+        lse_out = _output(lse_out, (num_mod, num_frames), torch.float32, device, "lse_out", where)
+        idx_out = _output(idx_out, (num_mod, num_frames), torch.int64, device, "idx_out", where)
+        dist_out = _output(dist_out, (num_mod, num_frames), torch.float32, device, "dist_out", where)
+        if num_frames == 0:
+            return out, lse_out, idx_out, dist_out
 
-    launch_assign(z, codebook, frame_sq, code_sq, idx_out, dist_out, lse_out, allow_tf32)
-    dot_fp32, prec = dot_mode(z, codebook, allow_tf32)
-    cfg = _configs(dim, num_frames, fma=dot_fp32 and prec == "ieee")["forward"]
-    one_pass = 2 * num_mod * num_frames * num_codes * dim  # FLOPs of one pass of z . E^T
-    grid = (triton.cdiv(B, cfg["BLOCK_B"]), triton.cdiv(num_codes, cfg["BLOCK_K"]), num_mod)
-    launch(
-        _soft_usage_fwd_kernel, grid,
-        z, codebook, code_sq, frame_sq, lse_out, out, num_frames, num_codes, dim, B, T, 1.0 / T,
-        DOT_FP32=dot_fp32, PREC=prec, EVEN_D=dim % cfg["BLOCK_D"] == 0, flops=one_pass, **cfg,
-    )
+        frame_sq, code_sq = squared_norms(z, codebook)
+        launch_assign(z, codebook, frame_sq, code_sq, idx_out, dist_out, lse_out, allow_tf32)
+        dot_fp32, prec = dot_mode(z, codebook, allow_tf32)
+        cfg = _configs(dim, num_frames, fma=dot_fp32 and prec == "ieee")["forward"]
+        one_pass = 2 * num_mod * num_frames * num_codes * dim  # FLOPs of one pass of z . E^T
+        grid = (triton.cdiv(B, cfg["BLOCK_B"]), triton.cdiv(num_codes, cfg["BLOCK_K"]), num_mod)
+        launch(
+            _soft_usage_fwd_kernel, grid,
+            z, codebook, code_sq, frame_sq, lse_out, out, num_frames, num_codes, dim, B, T, 1.0 / T,
+            *z.stride(), *codebook.stride(), DOT_FP32=dot_fp32, PREC=prec, flops=one_pass, **cfg,
+        )
     return out, lse_out, idx_out, dist_out
 
 
@@ -349,41 +358,42 @@ def soft_usage_backward(
     out: torch.Tensor | None = None,
     row_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Backward launcher: dz [M, N, D] (z's dtype) from lse [M, N] and dP [M, B, K]."""
+    """Backward launcher: dz [M, N, D] (z's dtype, contiguous) from lse [M, N] (the forward's: float32,
+    contiguous) and dP [M, B, K] (float32, as autograd gives it for P; any strides: an expanded
+    upstream gradient is read in place). z and codebook: any strides."""
     where = "soft_usage_backward"
-    z_dtype = z.dtype
-    z, codebook, code_sq, frame_sq = _prepare(z, codebook, frames_per_sample, where)
+    T = _check_samples(z, codebook, frames_per_sample, where)
+    z, codebook, lse, grad_p = z.detach(), codebook.detach(), lse.detach(), grad_p.detach()
     num_mod, num_frames, dim = z.shape
     num_codes = codebook.shape[1]
-    T = int(frames_per_sample)
     B = num_frames // T
-    lse = lse.detach().float().contiguous()
-    grad_p = grad_p.detach().float().contiguous()  # upstream grads may be expanded / strided
-    check_tensor(lse, where, "lse", shape=(num_mod, num_frames), device=z.device)
-    check_tensor(grad_p, where, "grad_p", shape=(num_mod, B, num_codes), device=z.device)
-    out = _output(out, (num_mod, num_frames, dim), z_dtype, z.device, "out", where)
-    row_out = _output(row_out, (num_mod, num_frames), torch.float32, z.device, "row_out", where)
-    if num_frames == 0:
-        return out
+    check_tensor(lse, where, "lse", shape=(num_mod, num_frames), dtypes=(torch.float32,), contiguous=True)
+    check_tensor(grad_p, where, "grad_p", shape=(num_mod, B, num_codes), dtypes=(torch.float32,))
+    check_int32_offsets(where, grad_p=grad_p)
+    with launch_device(where, z=z, codebook=codebook, lse=lse, grad_p=grad_p) as device:
+        out = _output(out, (num_mod, num_frames, dim), z.dtype, device, "out", where)
+        row_out = _output(row_out, (num_mod, num_frames), torch.float32, device, "row_out", where)
+        if num_frames == 0:
+            return out
 
-    dot_fp32, prec = dot_mode(z, codebook, allow_tf32)
-    configs = _configs(dim, num_frames, fma=dot_fp32 and prec == "ieee")
-    one_pass = 2 * num_mod * num_frames * num_codes * dim  # FLOPs of one pass of z . E^T (or of dd . E)
-    args = (z, codebook, code_sq, frame_sq, lse, grad_p)
-    sizes = (num_frames, num_codes, dim, B, T, 1.0 / T)
-    cfg = configs["row"]
-    launch(
-        _soft_usage_bwd_row_kernel, (triton.cdiv(num_frames, cfg["BLOCK_N"]), num_mod), *args, row_out, *sizes,
-        DOT_FP32=dot_fp32, PREC=prec, EVEN_D=dim % cfg["BLOCK_D"] == 0, flops=one_pass, **cfg,
-    )
-    cfg = configs["dz"]
-    d_chunks = triton.cdiv(dim, cfg["BLOCK_DO"])  # each recomputes the distance tiles
-    launch(
-        _soft_usage_bwd_dz_kernel, (triton.cdiv(num_frames, cfg["BLOCK_N"]), d_chunks, num_mod),
-        *args, row_out, out, *sizes,
-        DOT_FP32=dot_fp32, PREC=prec, DZ_PREC=prec if dot_fp32 else "tf32", EVEN_D=dim % cfg["BLOCK_D"] == 0,
-        flops=(d_chunks + 1) * one_pass, **cfg,
-    )
+        frame_sq, code_sq = squared_norms(z, codebook)
+        dot_fp32, prec = dot_mode(z, codebook, allow_tf32)
+        configs = _configs(dim, num_frames, fma=dot_fp32 and prec == "ieee")
+        one_pass = 2 * num_mod * num_frames * num_codes * dim  # FLOPs of one pass of z . E^T (or of dd . E)
+        inputs = (z, codebook, code_sq, frame_sq, lse, grad_p)
+        sizes = (num_frames, num_codes, dim, B, T, 1.0 / T, *z.stride(), *codebook.stride(), *grad_p.stride())
+        cfg = configs["row"]
+        launch(
+            _soft_usage_bwd_row_kernel, (triton.cdiv(num_frames, cfg["BLOCK_N"]), num_mod), *inputs, row_out, *sizes,
+            DOT_FP32=dot_fp32, PREC=prec, flops=one_pass, **cfg,
+        )
+        cfg = configs["dz"]
+        d_chunks = triton.cdiv(dim, cfg["BLOCK_DO"])  # each recomputes the distance tiles
+        launch(
+            _soft_usage_bwd_dz_kernel, (triton.cdiv(num_frames, cfg["BLOCK_N"]), d_chunks, num_mod),
+            *inputs, row_out, out, *sizes,
+            DOT_FP32=dot_fp32, PREC=prec, DZ_PREC=prec if dot_fp32 else "tf32", flops=(d_chunks + 1) * one_pass, **cfg,
+        )
     return out
 
 

@@ -4,7 +4,16 @@
   reads it when a kernel is decorated, so it must be set before the Triton modules are imported
   (tests/conftest.py decides it for the test suite).
 - `require(...)` / `check_tensor(...)`: bad input raises naming the launcher, the argument and what
-  was expected; nothing is cast or copied silently.
+  was expected. The launchers cast nothing (a wrong dtype is refused; kernels that take several
+  dtypes convert in registers) and copy nothing: inputs are read through their strides (views,
+  transposes, expanded tensors); what a kernel needs contiguous (outputs, EMA+CSA's tensors) is
+  refused otherwise, and its module docstring says why.
+  `check_int32_offsets(...)`: the kernels address one modality with int32 offsets.
+- `launch_device(where, ...)`: the one device of a launcher's tensors (others are refused), made CUDA's
+  current device while the launcher allocates and launches, as flash-attn's launchers do with
+  `torch.cuda.device(x.device.index)`: Triton launches on (and autotunes on, and takes the stream of)
+  the current device, so tensors on cuda:1 in a process whose current device is cuda:0 would
+  otherwise get their kernels on cuda:0.
 - `launch(kernel, grid, ...)` runs `kernel[grid](...)`, or, inside `record_launches()`, records the
   call instead of running it. Recording lets the exact launches of production be compiled ahead of
   time for a GPU that is not there (codaar_kernels.ahead_of_time): the launchers run on CPU tensors of
@@ -21,8 +30,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Launch", "check_runs_here", "check_tensor", "interpreter_enabled", "launch", "record_launches",
-           "recording", "require", "triton_device"]
+__all__ = ["Launch", "check_int32_offsets", "check_runs_here", "check_tensor", "interpreter_enabled", "launch",
+           "launch_device", "record_launches", "recording", "require", "triton_device"]
 
 
 def interpreter_enabled() -> bool:
@@ -70,6 +79,29 @@ def check_runs_here(tensor: torch.Tensor, where: str) -> None:
     ok = tensor.device.type == "cuda" or interpreter_enabled() or recording()
     require(ok, where, f"Triton kernels need CUDA tensors (got {tensor.device}); "
                        "set TRITON_INTERPRET=1 before importing triton to run them on the CPU", RuntimeError)
+
+
+def check_int32_offsets(where: str, **tensors: torch.Tensor) -> None:
+    """The kernels address one modality of an [M, ...] tensor (its dims after the first, through its
+    strides) with int32 offsets, and the modality itself with an int64 one: refuse a modality whose
+    farthest element is past int32 (a slice of a huge tensor can be, whatever its own size)."""
+    for name, tensor in tensors.items():
+        farthest = sum(max(size - 1, 0) * stride for size, stride in zip(tensor.shape[1:], tensor.stride()[1:]))
+        require(farthest < 2**31, where, f"{name} {tuple(tensor.shape)} with strides {tensor.stride()}: one "
+                                         f"modality reaches element {farthest}, past int32 indexing")
+
+
+@contextlib.contextmanager
+def launch_device(where: str, **tensors: torch.Tensor) -> Iterator[torch.device]:
+    """Refuse tensors on different devices (naming them); run the block with their device as CUDA's
+    current one (`torch.cuda.device(index)`; nothing to enter for CPU tensors). Yields the device."""
+    (first, tensor), *others = tensors.items()
+    device = tensor.device
+    for name, other in others:
+        require(other.device == device, where, f"{name} is on {other.device}, expected {device} (where {first} is)")
+    check_runs_here(tensor, where)
+    with torch.cuda.device(device.index) if device.type == "cuda" else contextlib.nullcontext():
+        yield device
 
 
 @dataclass(frozen=True)

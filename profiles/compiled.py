@@ -4,6 +4,7 @@ kernels compiled for sm_80 (A100) and sm_90 (H100) on this machine, no GPU neede
 A100 at the paper and the scaled shapes, from those compiled facts.
 
     python profiles/compiled.py            # about 3 minutes on 2 cores; exit 1 if a rule is broken
+    python profiles/compiled.py --check --arch sm_90   # the rules only, one architecture, nothing written
 
 The prediction (a model, to be checked by the first GPU run, not a measurement): a kernel takes
 max(compute, HBM, L2) plus a launch, where
@@ -77,6 +78,7 @@ def table(records: list[dict]) -> list[str]:
 def _launches(shape: dict, path: str) -> list[utilities.Launch]:
     """The launches of one quantizer step's kernels at a shape (recorded, not run)."""
     from codaar_kernels.dta_accumulate_triton import dta_accumulate_triton
+    from codaar_kernels.ema_csa_update import EmaCsaConfig
     from codaar_kernels.ema_csa_update_triton import ema_csa_update_triton
     from codaar_kernels.soft_usage_triton import soft_usage_backward, soft_usage_forward
 
@@ -89,8 +91,9 @@ def _launches(shape: dict, path: str) -> list[utilities.Launch]:
         soft_usage_backward(z, codebook, shape["frames"], lse, torch.empty(m, shape["batch"], k), allow_tf32=tf32)
         sums, counts = dta_accumulate_triton(z, idx.zero_(), k, 0.6, 0.2)
         state = [torch.empty(m, k, d), torch.empty(m, k, d), torch.ones(m, k), torch.zeros(k, dtype=torch.int64)]
-        ema_csa_update_triton(*state, sums, counts, decay=0.99, eps=1e-5, laplace_smoothing=True,
-                              csa_order=(2, 1, 0), csa_persistent=False, dead_after=300, active_window=100)
+        ema_csa_update_triton(*state, sums, counts, EmaCsaConfig(
+            decay=0.99, eps=1e-5, laplace_smoothing=True, csa_order=(2, 1, 0), csa_persistent=False,
+            dead_after=300, active_window=100))
     return launches
 
 
@@ -193,11 +196,21 @@ def prediction_table(rows: list[dict]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=None, help="compile processes (default: one per core)")
+    parser.add_argument("--check", action="store_true",
+                        help="compile and apply the rules only, write nothing (another Triton version, say)")
+    parser.add_argument("--arch", action="append", choices=[a.name for a in aot.ARCHS.values()],
+                        help="with --check: only this architecture (repeatable; default: all)")
     args = parser.parse_args()
+    if args.arch and not args.check:
+        parser.error("--arch needs --check: the table covers every architecture")
+    capabilities = tuple(c for c, a in aot.ARCHS.items() if not args.arch or a.name in args.arch)
     started = datetime.datetime.now()
-    records = aot.compile_all(workers=args.workers)
+    records = aot.compile_all(capabilities=capabilities, workers=args.workers)
     minutes = (datetime.datetime.now() - started).total_seconds() / 60
     broken = [(r, aot.problems(r)) for r in records if aot.problems(r)]
+    if args.check:
+        _report(records, broken, minutes, "nothing written")
+        return 1 if broken else 0
     predictions = predict(records)
     meta = dict(command=COMMAND, generated=started.strftime("%Y-%m-%d %H:%M"), triton=triton.__version__,
                 torch=torch.__version__, machine=f"{platform.machine()}, {os.cpu_count()} cores",
@@ -228,12 +241,16 @@ def main() -> int:
         "## Compiled variants", "",
     ]
     (HERE / "compiled.md").write_text("\n".join(header + table(records)) + "\n")
+    _report(records, broken, minutes, f"wrote {HERE / 'compiled.md'} and compiled.json")
+    return 1 if broken else 0
+
+
+def _report(records: list[dict], broken: list[tuple[dict, list[str]]], minutes: float, written: str) -> None:
     for record, issues in broken:
         print(f"{record['arch']} {record['kernel']} [{record['path']}] {record['config']}: {'; '.join(issues)}",
               file=sys.stderr)
-    print(f"{len(records)} compilations in {minutes:.1f} min, {len(broken)} breaking a rule; wrote "
-          f"{HERE / 'compiled.md'} and compiled.json")
-    return 1 if broken else 0
+    print(f"{len(records)} compilations with Triton {triton.__version__} in {minutes:.1f} min, "
+          f"{len(broken)} breaking a rule; {written}")
 
 
 if __name__ == "__main__":

@@ -78,8 +78,9 @@ def ema_step(laplace: bool):
     unused = torch.tensor([-1, -1])
     sums, counts = t([[[6.0], [0.0]]]), t([[3.0, 0.0]])
     ops.ema_csa_update_reference(
-        codebook, ema_sum, ema_count, unused, sums, counts, decay=0.5, eps=0.1, laplace_smoothing=laplace,
-        csa_order=None, csa_persistent=False, dead_after=300, active_window=100,
+        codebook, ema_sum, ema_count, unused, sums, counts, ops.EmaCsaConfig(
+            decay=0.5, eps=0.1, laplace_smoothing=laplace, csa_order=None, csa_persistent=False, dead_after=300,
+            active_window=100),
     )
     return codebook, ema_sum, ema_count
 
@@ -135,8 +136,9 @@ def test_dead_code_counters_thresholds():
     counts = t([[0.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
     codebook, ema_sum, ema_count = torch.zeros(1, 6, 1, dtype=F64), torch.zeros(1, 6, 1, dtype=F64), torch.ones(1, 6, dtype=F64)
     dead, active = ops.ema_csa_update_reference(
-        codebook, ema_sum, ema_count, unused, torch.zeros(1, 6, 1, dtype=F64), counts, decay=0.99, eps=1e-5,
-        laplace_smoothing=True, csa_order=None, csa_persistent=False, dead_after=300, active_window=100,
+        codebook, ema_sum, ema_count, unused, torch.zeros(1, 6, 1, dtype=F64), counts, ops.EmaCsaConfig(
+            decay=0.99, eps=1e-5, laplace_smoothing=True, csa_order=None, csa_persistent=False, dead_after=300,
+            active_window=100),
     )
     # +1 -> (301, 301, 100, 99, 0, 151); code 1 chosen -> 0; dead: > 300; active: 0 <= U < 100
     assert dead.tolist() == [True, False, False, False, False, False]

@@ -13,11 +13,11 @@ from codaar.quantizer import CrossModalQuantizer
 F64 = torch.float64
 
 
-def update_kwargs(**overrides):
+def update_config(**overrides):
     kwargs = dict(decay=0.99, eps=1e-5, laplace_smoothing=True, csa_order=None, csa_persistent=False,
                   dead_after=300, active_window=100)
     kwargs.update(overrides)
-    return kwargs
+    return ops.EmaCsaConfig(**kwargs)
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(range(3))) + [(0, 1), (1, 0)])
@@ -48,7 +48,7 @@ def test_ema_of_a_constant_stream_converges_to_it(laplace):
     unused = torch.full((num_codes,), -1)
     for _ in range(3000):
         ops.ema_csa_update_reference(codebook, ema_sum, ema_count, unused, sums, counts,
-                                     **update_kwargs(laplace_smoothing=laplace))
+                                     update_config(laplace_smoothing=laplace))
     # The stored counts are re-smoothed every step, so their bias compounds to about
     # eps * decay / (1 - decay) / count (1e-3 at count 1); the paper's +eps biases E by eps / count.
     tolerance = 2e-3 if laplace else 1e-4

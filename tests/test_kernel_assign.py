@@ -6,7 +6,8 @@ import torch
 
 from codaar_kernels.assign import assign_reference, squared_distances
 from codaar_kernels.assign_triton import assign_triton
-from codaar_kernels.utilities import triton_device
+from codaar_kernels.utilities import record_launches, triton_device
+from kernel_views import strided_views
 
 DEVICE = triton_device()
 
@@ -91,7 +92,7 @@ def test_duplicate_codewords_lowest_index_wins():
 
 def test_all_codes_identical():
     z = torch.randn(2, 9, 16)
-    codebook = torch.randn(2, 1, 16).expand(2, 300, 16)  # stride-0 view: launcher must copy
+    codebook = torch.randn(2, 1, 16).expand(2, 300, 16)  # stride-0 view, read in place
     idx, dist = _run_poisoned(z.to(DEVICE), codebook.to(DEVICE))
     assert (idx == 0).all()
     torch.testing.assert_close(dist.cpu(), assign_reference(z, codebook.contiguous())[1], rtol=1e-5, atol=1e-5)
@@ -128,6 +129,29 @@ def test_unused_far_codes_and_noncontiguous_inputs():
     idx, dist = _run_poisoned(z, codebook.to(DEVICE))
     assert not ((idx >= 10) & (idx < 30)).any()
     _check_near_optimal(z, codebook.to(DEVICE), idx, dist, rel_tol=2e-6)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded"])
+def test_strided_views_are_read_in_place(layout):
+    g = torch.Generator().manual_seed(6)
+    z, codebook = strided_views(3, 70, 130, 40, g, layout, DEVICE)
+    with record_launches(run=True) as launches:
+        idx, dist = _run_poisoned(z, codebook)
+    (launch,) = launches
+    for given, view in zip(launch.args[:2], (z, codebook)):  # the views themselves, not copies
+        assert given.data_ptr() == view.data_ptr() and given.stride() == view.stride()
+    _check_near_optimal(z, codebook, idx, dist, rel_tol=2e-6)
+    ref_idx, ref_min = assign_reference(z, codebook)  # the reference on the same views
+    assert (idx == ref_idx).float().mean() > 0.99
+    torch.testing.assert_close(dist, ref_min, rtol=1e-5, atol=1e-4)
+
+
+def test_offsets_past_int32_are_refused():
+    # meta tensors: the strides of a huge view, no memory behind them
+    z = torch.empty_strided((2, 3, 16), (16, 2**30, 1), device="meta")
+    codebook = torch.empty(2, 4, 16, device="meta")
+    with pytest.raises(ValueError, match=r"z \(2, 3, 16\) with strides .* past int32"):
+        assign_triton(z, codebook)
 
 
 def test_tf32_option_is_near_optimal():
@@ -179,3 +203,25 @@ def test_every_autotune_config_matches_reference(fma, monkeypatch):
             codebook = torch.randn(2, 70, dim, generator=g).to(DEVICE)
             idx, dist = _run_poisoned(z, codebook, allow_tf32=not fma)
             _check_near_optimal(z, codebook, idx, dist, rel_tol=2e-6 if fma else 5e-3)
+
+
+@pytest.mark.parametrize("dim", [48, 40, 256])
+def test_even_d_is_chosen_per_autotune_config(dim, monkeypatch):
+    # The autotuned launch leaves EVEN_D to the kernel's triton.heuristics, which sees each config's
+    # BLOCK_D: with D = 48 the BLOCK_D = 16 configs drop the D mask and the BLOCK_D = 32 ones keep it.
+    # Recorded, not run (the autotuner times configs on a GPU); expanded per config as Triton's
+    # Autotuner -> Heuristics -> JITFunction chain does, and as ahead_of_time compiles them.
+    from codaar_kernels import ahead_of_time as aot
+    from codaar_kernels import assign_triton as module
+
+    monkeypatch.setattr(module, "interpreter_enabled", lambda: False)  # the production (autotuned) launch
+    with record_launches() as launches:
+        assign_triton(torch.zeros(2, 50, dim, device=DEVICE), torch.zeros(2, 70, dim, device=DEVICE))
+    (launch,) = launches
+    assert "EVEN_D" not in launch.kwargs
+    expanded = aot._expand(launch)
+    assert len(expanded) == len(module.autotune_configs(fma=True))
+    even = [kwargs["EVEN_D"] for _, kwargs in expanded]
+    assert even == [dim % kwargs["BLOCK_D"] == 0 for _, kwargs in expanded]
+    assert set(even) == ({True, False} if dim == 48 else {dim == 256})
+

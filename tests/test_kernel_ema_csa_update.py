@@ -3,10 +3,12 @@ all buffers), for 1 to 5 modalities. Compiled on a GPU, under the Triton interpr
 (tests/conftest.py decides which).
 """
 
+import dataclasses
+
 import pytest
 import torch
 
-from codaar_kernels.ema_csa_update import ema_csa_update_reference
+from codaar_kernels.ema_csa_update import EmaCsaConfig, ema_csa_update_reference
 from codaar_kernels.ema_csa_update_triton import ema_csa_update_triton
 from codaar_kernels.utilities import triton_device
 
@@ -47,18 +49,18 @@ def _assert_state_equal(got, want, dtype):
     assert torch.equal(got[3], want[3]), "unused_steps"
 
 
-def _run_both(ref_state, tri_state, sums, counts, **kw):
-    want = ema_csa_update_reference(*ref_state, sums, counts, **kw)
-    got = ema_csa_update_triton(*tri_state, sums, counts, **kw)
+def _run_both(ref_state, tri_state, sums, counts, config):
+    want = ema_csa_update_reference(*ref_state, sums, counts, config)
+    got = ema_csa_update_triton(*tri_state, sums, counts, config)
     assert got[0].dtype == torch.bool and got[1].dtype == torch.bool
     assert torch.equal(got[0], want[0]), "dead"
     assert torch.equal(got[1], want[1]), "active"
     return got
 
 
-def _kwargs(laplace, order, persistent, count_floor=0.0):
-    return dict(decay=0.99, eps=1e-5, laplace_smoothing=laplace, csa_order=order, csa_persistent=persistent,
-                dead_after=DEAD_AFTER, active_window=ACTIVE_WINDOW, count_floor=count_floor)
+def _config(laplace, order, persistent, count_floor=0.0):
+    return EmaCsaConfig(decay=0.99, eps=1e-5, laplace_smoothing=laplace, csa_order=order, csa_persistent=persistent,
+                        dead_after=DEAD_AFTER, active_window=ACTIVE_WINDOW, count_floor=count_floor)
 
 
 # (M, K, D, state dtype): K in {1, 3, 800, 8192}, awkward D, fp32 required / fp64 supported
@@ -88,7 +90,7 @@ def test_one_step_matches_reference(shape, laplace, persistent):
     ref_state = _state(num_mod, num_codes, dim, dtype, gen)
     tri_state = [t.clone() for t in ref_state]
     sums, counts = _step_inputs(num_mod, num_codes, dim, dtype, gen)
-    _run_both(ref_state, tri_state, sums, counts, **_kwargs(laplace, ORDERS[num_mod][0], persistent))
+    _run_both(ref_state, tri_state, sums, counts, _config(laplace, ORDERS[num_mod][0], persistent))
     _assert_state_equal(tri_state, ref_state, dtype)
 
 
@@ -102,7 +104,7 @@ def test_cascade_orders(num_mod, order, persistent):
     ref_state = _state(num_mod, num_codes, dim, dtype, gen)
     tri_state = [t.clone() for t in ref_state]
     sums, counts = _step_inputs(num_mod, num_codes, dim, dtype, gen)
-    _run_both(ref_state, tri_state, sums, counts, **_kwargs(True, order, persistent))
+    _run_both(ref_state, tri_state, sums, counts, _config(True, order, persistent))
     _assert_state_equal(tri_state, ref_state, dtype)
 
 
@@ -121,7 +123,7 @@ def test_count_floor(shape, laplace, persistent):
     settled_before = ref_state[2] >= floor
     sums, counts = _step_inputs(num_mod, num_codes, dim, dtype, gen)
     _run_both(ref_state, tri_state, sums, counts,
-              **_kwargs(laplace, ORDERS[num_mod][0], persistent, count_floor=floor))
+              _config(laplace, ORDERS[num_mod][0], persistent, count_floor=floor))
     _assert_state_equal(tri_state, ref_state, dtype)
     held = ref_state[2] == floor
     assert held.any() and (held & settled_before).any() and (held & ~settled_before).any() and (~held).any()
@@ -138,7 +140,7 @@ def test_consecutive_steps(shape, laplace, persistent):
     seen_dead = False
     for _ in range(5):
         sums, counts = _step_inputs(num_mod, num_codes, dim, dtype, gen)
-        dead, _ = _run_both(ref_state, tri_state, sums, counts, **_kwargs(laplace, ORDERS[num_mod][0], persistent))
+        dead, _ = _run_both(ref_state, tri_state, sums, counts, _config(laplace, ORDERS[num_mod][0], persistent))
         _assert_state_equal(tri_state, ref_state, dtype)
         seen_dead |= bool(dead.any())
     assert seen_dead or num_codes < 10  # the counters near the threshold did cross it
@@ -150,7 +152,7 @@ def test_no_dead_codes():
     ref_state = _state(num_mod, num_codes, dim, dtype, gen, unused="small")
     tri_state = [t.clone() for t in ref_state]
     sums, counts = _step_inputs(num_mod, num_codes, dim, dtype, gen)
-    dead, active = _run_both(ref_state, tri_state, sums, counts, **_kwargs(True, (2, 1, 0), False))
+    dead, active = _run_both(ref_state, tri_state, sums, counts, _config(True, (2, 1, 0), False))
     assert not dead.any() and active.all()
     _assert_state_equal(tri_state, ref_state, dtype)
 
@@ -164,7 +166,7 @@ def test_every_code_dead_and_no_frames():
     tri_state = [t.clone() for t in ref_state]
     sums = torch.zeros(num_mod, num_codes, dim, dtype=dtype, device=DEVICE)
     counts = torch.zeros(num_mod, num_codes, dtype=dtype, device=DEVICE)
-    dead, active = _run_both(ref_state, tri_state, sums, counts, **_kwargs(True, (1, 0), True))
+    dead, active = _run_both(ref_state, tri_state, sums, counts, _config(True, (1, 0), True))
     assert dead.all() and not active.any()
     _assert_state_equal(tri_state, ref_state, dtype)
 
@@ -173,18 +175,33 @@ def test_launcher_rejects_bad_inputs():
     gen = torch.Generator().manual_seed(0)
     state = _state(2, 8, 16, torch.float32, gen)
     sums, counts = _step_inputs(2, 8, 16, torch.float32, gen)
-    kw = _kwargs(True, (1, 0), False)
+    config = _config(True, (1, 0), False)
     with pytest.raises(TypeError, match="float32 or float64"):
-        ema_csa_update_triton(*[t.half() if t.is_floating_point() else t for t in state], sums, counts, **kw)
+        ema_csa_update_triton(*[t.half() if t.is_floating_point() else t for t in state], sums, counts, config)
     with pytest.raises(TypeError, match="ema_count must be float32"):
-        ema_csa_update_triton(state[0], state[1], state[2].double(), state[3], sums, counts, **kw)
+        ema_csa_update_triton(state[0], state[1], state[2].double(), state[3], sums, counts, config)
     with pytest.raises(TypeError, match="int64"):
-        ema_csa_update_triton(*state[:3], state[3].int(), sums, counts, **kw)
+        ema_csa_update_triton(*state[:3], state[3].int(), sums, counts, config)
     with pytest.raises(ValueError, match="sums must have shape"):
-        ema_csa_update_triton(*state, sums[:, :4], counts, **kw)
+        ema_csa_update_triton(*state, sums[:, :4], counts, config)
     with pytest.raises(ValueError, match="modality indices"):
-        ema_csa_update_triton(*state, sums, counts, **_kwargs(True, (2, 0), False))
-    with pytest.raises(ValueError, match="contiguous"):
-        ema_csa_update_triton(*state, sums.transpose(0, 1).contiguous().transpose(0, 1), counts, **kw)
+        ema_csa_update_triton(*state, sums, counts, _config(True, (2, 0), False))
+    with pytest.raises(ValueError, match="sums must be contiguous"):
+        ema_csa_update_triton(*state, sums.transpose(0, 1).contiguous().transpose(0, 1), counts, config)
+    with pytest.raises(ValueError, match="codebook must be contiguous"):  # in place: a copy would update nothing
+        ema_csa_update_triton(state[0].transpose(0, 1).contiguous().transpose(0, 1), *state[1:], sums, counts, config)
     with pytest.raises(ValueError, match="count_floor"):
-        ema_csa_update_triton(*state, sums, counts, **_kwargs(True, (1, 0), False, count_floor=-1.0))
+        ema_csa_update_triton(*state, sums, counts, _config(True, (1, 0), False, count_floor=-1.0))
+
+
+def test_config_is_one_frozen_value():
+    # any sequence (or None) as the order, kept as a hashable tuple; bad values refused on construction
+    config = _config(True, [2, 1, 0], False)
+    assert config.csa_order == (2, 1, 0) and hash(config) == hash(_config(True, (2, 1, 0), False))
+    assert _config(True, None, False).csa_order == ()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.decay = 0.5
+    with pytest.raises(ValueError, match="csa_order must hold modality indices >= 0"):
+        _config(True, (0, -1), False)
+    with pytest.raises(ValueError, match="count_floor must be >= 0, got nan"):
+        _config(True, (1, 0), False, count_floor=float("nan"))

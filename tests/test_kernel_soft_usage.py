@@ -14,7 +14,8 @@ from codaar_kernels.soft_usage_triton import (
     soft_usage_forward,
     soft_usage_triton,
 )
-from codaar_kernels.utilities import triton_device
+from codaar_kernels.utilities import record_launches, triton_device
+from kernel_views import strided_views
 
 DEVICE = triton_device()
 
@@ -107,6 +108,30 @@ def test_autograd_function_and_constant_codebook():
     assert z.grad.abs().max() < 1e-4  # sum_k P = 1 per sample: the gradient of the total is ~0
 
 
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded"])
+def test_strided_views_are_read_in_place(layout):
+    # z and codebook as views (kernel_views.strided_views), the upstream gradient a transposed
+    # or expanded view: every kernel gets the views themselves, and matches the reference on them.
+    g = torch.Generator().manual_seed(15)
+    M, B, T, K, D = 3, 7, 10, 70, 40
+    z, codebook = strided_views(M, B * T, K, D, g, layout, DEVICE)
+    if layout == "expanded":
+        weight = torch.randn(1, 1, K, generator=g).to(DEVICE).expand(M, B, K)
+    else:
+        weight = torch.randn(M, K, B, generator=g).to(DEVICE).transpose(1, 2)
+    ref_p, ref_dz = _reference(z, codebook, T, weight)
+    with record_launches(run=True) as launches:
+        probs, dz, _, _ = _poisoned_forward_backward(z, codebook, T, weight)
+    assert len(launches) == 4  # assign with lse, forward, backward row and dz
+    for launch in launches:
+        for given, view in zip(launch.args[:2], (z, codebook)):
+            assert given.data_ptr() == view.data_ptr() and given.stride() == view.stride()
+    for launch in launches[2:]:
+        assert launch.args[5].data_ptr() == weight.data_ptr() and launch.args[5].stride() == weight.stride()
+    torch.testing.assert_close(probs, ref_p, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dz, ref_dz, rtol=1e-4, atol=1e-5 * ref_dz.abs().max().item())
+
+
 def test_assign_with_soft_usage_indices_are_the_references():
     # Frames near codewords (clear margins): the indices must be exactly the reference's, and the
     # fused forward's assignment is the assign kernel's, bit for bit, with gradients still flowing.
@@ -173,6 +198,14 @@ def test_bad_inputs_raise():
         soft_usage_triton(z, torch.randn(2, 4, 8), 5)
     with pytest.raises(TypeError, match="float32"):
         soft_usage_triton(z.double(), torch.randn(2, 4, 16), 5)
+    # the backward takes the forward's lse and autograd's float32 dP as they are: nothing is cast
+    codebook, lse, grad = torch.randn(2, 4, 16), torch.zeros(2, 25), torch.zeros(2, 5, 4)
+    with pytest.raises(TypeError, match="lse must be float32, got torch.float64"):
+        soft_usage_backward(z, codebook, 5, lse.double(), grad)
+    with pytest.raises(ValueError, match="lse must be contiguous"):
+        soft_usage_backward(z, codebook, 5, torch.zeros(25, 2).t(), grad)
+    with pytest.raises(TypeError, match="grad_p must be float32, got torch.bfloat16"):
+        soft_usage_backward(z, codebook, 5, lse, grad.bfloat16())
 
 
 @pytest.mark.parametrize("tier", ["few-frames", "many-frames-fma", "many-frames-mma"])
