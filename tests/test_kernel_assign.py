@@ -7,7 +7,7 @@ import torch
 from codaar_kernels.assign import assign_reference, squared_distances
 from codaar_kernels.assign_triton import assign_triton
 from codaar_kernels.utilities import record_launches, triton_device
-from kernel_views import strided_views
+from tests.kernel_views import strided_views
 
 DEVICE = triton_device()
 

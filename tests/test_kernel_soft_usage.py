@@ -15,7 +15,7 @@ from codaar_kernels.soft_usage_triton import (
     soft_usage_triton,
 )
 from codaar_kernels.utilities import record_launches, triton_device
-from kernel_views import strided_views
+from tests.kernel_views import strided_views
 
 DEVICE = triton_device()
 
@@ -110,7 +110,7 @@ def test_autograd_function_and_constant_codebook():
 
 @pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded"])
 def test_strided_views_are_read_in_place(layout):
-    # z and codebook as views (kernel_views.strided_views), the upstream gradient a transposed
+    # z and codebook as views (tests.kernel_views.strided_views), the upstream gradient a transposed
     # or expanded view: every kernel gets the views themselves, and matches the reference on them.
     g = torch.Generator().manual_seed(15)
     M, B, T, K, D = 3, 7, 10, 70, 40
