@@ -26,7 +26,7 @@ from codaar.data.text import HashedTextFeaturizer
 from tests.extract_media import PALETTE, colour_of, tone_of, write_clip, write_truncated
 
 T = 4
-FAST = ["--random-weights", "--segments", str(T), "--frame-size", "32", "--quiet"]
+FAST = ["--random-weights", "--segments", str(T), "--frame-size", "32", "--no-progress"]
 GOOD = ["a10", "b3", "c25", "d6", "e5"]  # sorted by file name, as the extraction orders them
 BAD = {"empty": "zero length", "noaudio": "no audio track", "trunc": "unreadable container"}
 

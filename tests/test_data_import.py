@@ -255,7 +255,7 @@ def test_avvp_labels_and_cli(tmp_path):
     (tmp_path / "visual.csv").write_text(
         "filename\tonset\toffset\tevent_labels\nAAAAAAAAAAA_30_40\t3\t5\tavvp03\n")
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "codaar.data", "import-official", str(out), "--quiet",
+    command = [sys.executable, "-m", "codaar.data", "import-official", str(out), "--no-progress",
                "--meta", str(layout["meta_csv"]), "--audio-dir", str(layout["audio_dir"]),
                "--video-dir", str(layout["video_dir"]), "--prompts", str(layout["prompts_csv"]),
                "--video-shape", "2,2,8", "--text-dim", "32",
