@@ -180,7 +180,10 @@ def summarise(rows: dict[str, list[dict]]) -> tuple[str, dict]:
         "clean protocol (encoder eval mode, val-split selection on the source modality, held-out test split).",
         "'V->A': head trained on video codes, scored on audio codes."])
     header2 = ["variant"] + extra
-    fmt2 = (lambda c, s: tables.fmt(s[c]["mean"], s[c]["std"], 3 if c.startswith("agreement") else 1))
+
+    def fmt2(c, s):
+        return tables.fmt(s[c]["mean"], s[c]["std"], 3 if c.startswith("agreement") else 1)
+
     body2 = [[v] + [fmt2(c, s) if c in s else "-" for c in extra] for v, s in summary.items()]
     text += "\n" + tables.markdown("Accuracy, F1, same-modality references and final index agreement",
                                    header2, body2, ["agreement/<a>-<b>: share of frames where the two modalities "

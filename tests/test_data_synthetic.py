@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from codaar.data import (BACKGROUND, build_synthetic, load_dataset, synthetic_config, video_level_class,
-                         write_synthetic)
+from codaar.data import BACKGROUND, build_synthetic, load_dataset, synthetic_config, video_level_class, write_synthetic
 
 SMALL = dict(num_pretrain=300, num_train=200, num_val=40, num_test=100)
 

@@ -80,7 +80,8 @@ def test_every_program_takes_its_flags_from_its_settings(capsys):
     assert settings_from_args(cls, parser.parse_args([*positional, "--quiet"])).progress is False
     assert "python -m codaar.encode: warning: --quiet is deprecated; use --no-progress" in capsys.readouterr().err
     parser, cls, positional = _programs()["data import-official"]
-    assert "(required)" in parser.format_help() and settings_from_args(cls, parser.parse_args(positional)).meta == "m.csv"
+    assert "(required)" in parser.format_help()
+    assert settings_from_args(cls, parser.parse_args(positional)).meta == "m.csv"
 
 
 def test_extract_settings_are_checked_where_declared():
@@ -90,7 +91,8 @@ def test_extract_settings_are_checked_where_declared():
     parser, cls, positional = _programs()["data extract"]
     args = parser.parse_args([*positional, "--no-video", "--splits", "0.5,0.25,0.25", "--frame-size", "64"])
     settings = settings_from_args(cls, args).extract
-    assert (settings.video, settings.splits, settings.frame_size, settings.segments) == (False, (0.5, 0.25, 0.25), 64, 10)
+    assert (settings.video, settings.splits, settings.frame_size) == (False, (0.5, 0.25, 0.25), 64)
+    assert settings.segments == 10
     assert FRAME_STRIDE == vgg19.STRIDE
     with pytest.raises(SettingsError, match="setting 'frame_size': expected a multiple of 32"):
         ExtractSettings(frame_size=96 + 16)
@@ -252,7 +254,7 @@ def test_bad_values_in_a_config_file_and_type_errors(tmp_path):
         with pytest.raises(ValueError) as raised:
             config_from_args(["--config", str(path)])
         assert f"--config {path}" in str(raised.value) and message in str(raised.value), str(raised.value)
-    for kind, values in [(int, {"num_codes": 2.5}), (float, {"lr": True}), (bool, {"dta": "yes"})]:
+    for values in ({"num_codes": 2.5}, {"lr": True}, {"dta": "yes"}):  # a float for an int, a bool for a float, ...
         with pytest.raises(SettingsError):
             TrainConfig(**values)
     with pytest.raises(SettingsError):  # the library raises; only the command line exits

@@ -94,7 +94,8 @@ def _add_synth(sub):
 
 def _add_inspect(sub):
     p = sub.add_parser("inspect", help="print a summary of a data set folder",
-                       description="Check a data set folder (manifest, shapes, dtypes, file sizes) and print a summary.")
+                       description="Check a data set folder (manifest, shapes, dtypes, file sizes) and print a "
+                                   "summary.")
     p.add_argument("dir", type=Path, help="data set folder")
     add_settings(p, InspectCommand)
 

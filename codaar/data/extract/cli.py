@@ -51,7 +51,8 @@ def run(args, command: ExtractCommand) -> str:
     lines.append(f"files: {report['extracted']} extracted, {len(report['skipped'])} skipped "
                  f"(reasons in {args.out / 'extract_report.json'})")
     if "this_run" in report:
-        lines.append(f"time: {report['this_run']['seconds']:.1f} s, {report['this_run']['seconds_per_file']:.3f} s per file")
+        this_run = report["this_run"]
+        lines.append(f"time: {this_run['seconds']:.1f} s, {this_run['seconds_per_file']:.3f} s per file")
     if settings.random_weights:
         lines.append("warning: random weights (tests and smoke runs only); the manifest says so")
     return "\n".join(lines)
