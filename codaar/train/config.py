@@ -114,10 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> TrainConfig:
+def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """The run's settings from the command line (and its --config file). Raises ConfigFileError or
     SettingsError naming the setting, the expected value and the value found."""
-    return settings_from_args(TrainConfig, (parser or build_parser()).parse_args(argv))
+    return settings_from_args(TrainConfig, build_parser().parse_args(argv))
 
 
 def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
