@@ -216,10 +216,11 @@ def test_a_child_of_a_killed_holder_does_not_keep_its_lock(tmp_path):
     """A process forked by the holder (a data-loader worker, say) inherits the locked descriptor; when
     the holder is killed, its lock must die with it, not live on in the child."""
     folder = tmp_path / "run"
-    code = ("import os, sys, time\nfrom codaar.runtime.locks import FolderLock\n"
+    # The child speaks once it runs its own code (after the fork hooks), so the check below is no race.
+    code = ("import os, time\nfrom codaar.runtime.locks import FolderLock\n"
             f"lock = FolderLock({str(folder)!r}, 'test').acquire()\n"
-            "child = os.fork()\nif child == 0:\n    time.sleep(120)\n    os._exit(0)\n"
-            "print(child, flush=True)\ntime.sleep(120)\n")
+            "if os.fork() == 0:\n    print(os.getpid(), flush=True)\n    time.sleep(120)\n    os._exit(0)\n"
+            "time.sleep(120)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     child = int(holder.stdout.readline())
     try:
