@@ -15,6 +15,7 @@ import torch
 from bench.train_step_contestants import SHAPES, make_step
 
 
+@pytest.mark.usefixtures("flush_denormals")  # as the trainer does; denormals slow both contestants alike otherwise
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("contestant", ["codaar-graph", "codaar", "authors"])
@@ -23,7 +24,6 @@ def test_train_step(benchmark, contestant, device, shape):
         pytest.skip("needs a CUDA device")
     if contestant == "codaar-graph" and device != "cuda":
         pytest.skip("CUDA graphs need a CUDA device")
-    torch.set_flush_denormal(True)  # as the trainer does; denormals slow both contestants alike otherwise
     step = make_step(contestant, shape, device)
     benchmark.group = f"train step, {shape} shape (B={SHAPES[shape]['batch']}), {device}"
     benchmark.pedantic(step, rounds=3 if contestant == "authors" else 5, warmup_rounds=1)

@@ -48,7 +48,10 @@ from pathlib import Path
 import numpy as np
 
 from codaar.evaluate import tables
+from codaar.evaluate.run import TASKS
+from codaar.model.config import KNOWN_MODALITIES
 from codaar.run_folder.metrics_log import METRICS_FILE, read_metrics
+from codaar.settings import CommandLineParser, add_settings, parse_settings, setting, settings
 
 COMPONENTS = {
     "full": [], "no-cpc": ["--no-cpc"], "cpc-only": ["--no-dta", "--no-csa", "--no-dqa"], "no-csa": ["--no-csa"],
@@ -60,6 +63,7 @@ COMPONENTS = {
     "preset-official": ["--preset", "official"], "preset-recommended": ["--preset", "recommended"],
 }
 SHORT = {"a": "audio", "v": "video", "t": "text"}
+STUDIES = ("components", "cascade", "unimodal", "inits", "recipes")
 
 
 class AblationError(ValueError):
@@ -176,7 +180,10 @@ def summarise(rows: dict[str, list[dict]]) -> tuple[str, dict]:
         "clean protocol (encoder eval mode, val-split selection on the source modality, held-out test split).",
         "'V->A': head trained on video codes, scored on audio codes."])
     header2 = ["variant"] + extra
-    fmt2 = (lambda c, s: tables.fmt(s[c]["mean"], s[c]["std"], 3 if c.startswith("agreement") else 1))
+
+    def fmt2(c, s):
+        return tables.fmt(s[c]["mean"], s[c]["std"], 3 if c.startswith("agreement") else 1)
+
     body2 = [[v] + [fmt2(c, s) if c in s else "-" for c in extra] for v, s in summary.items()]
     text += "\n" + tables.markdown("Accuracy, F1, same-modality references and final index agreement",
                                    header2, body2, ["agreement/<a>-<b>: share of frames where the two modalities "
@@ -184,79 +191,88 @@ def summarise(rows: dict[str, list[dict]]) -> tuple[str, dict]:
     return text, summary
 
 
+@settings
+class AblateCommand:
+    """Every option of `python -m codaar.ablate`."""
+
+    studies: tuple[str, ...] = setting(("components", "unimodal"), "the studies to run (see the module docstring)",
+                                       choices=STUDIES)
+    variants: tuple[str, ...] | None = setting(None, "explicit variants instead of --studies; join variants with + "
+                                               "to combine them, e.g. no-csa+init-official")
+    seeds: tuple[int, ...] = setting((43, 44, 45), "one pretraining per variant and seed", at_least=0)
+    modalities: tuple[str, ...] = setting(("video", "audio", "text"), "the modalities trained",
+                                          choices=KNOWN_MODALITIES)
+    steps: int | None = setting(None, "pretraining steps (none: the trainer's default epochs)", at_least=1)
+    dim: int | None = setting(None, "codaar.train --dim (none: the trainer's default)", at_least=1)
+    num_codes: int | None = setting(None, "codaar.train --num-codes (none: the trainer's default)", at_least=1)
+    temporal_ffn_dim: int | None = setting(None, "codaar.train --temporal-ffn-dim (none: the trainer's default)",
+                                           at_least=1)
+    text_lstm_dim: int | None = setting(None, "codaar.train --text-lstm-dim (none: the trainer's default)",
+                                        at_least=1)
+    batch_size: int | None = setting(None, "codaar.train --batch-size (none: the trainer's default)", at_least=1)
+    pretrain_clips: int | None = setting(None, "codaar.train --pretrain-clips (none: the trainer's default)",
+                                         at_least=1)
+    train_args: str = setting("", "extra flags for codaar.train, e.g. '--data-preset avvp'")
+    ave_epochs: int | None = setting(None, "AVE head epochs (none: the evaluation's, 30)", at_least=1)
+    avvp_epochs: int | None = setting(None, "AVVP head epochs (none: the evaluation's, 50)", at_least=1)
+    tasks: tuple[str, ...] = setting(("ave", "avvp"), "the evaluation's tasks", choices=TASKS)
+    jobs: int = setting(1, "trainings at once (each single-threaded when > 1)", at_least=1)
+    curve: bool = setting(False, "score every kept checkpoint of each run (--tasks ave/avvp, clean) instead of the "
+                          "last one: transfer over training and steps to 95% of the final transfer; keep "
+                          "checkpoints with --train-args '--checkpoint-every N --keep-checkpoints M'")
+    out: str = setting("runs/ablation", "output folder: runs/, ablation.md and ablation.json", metavar="DIR")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m codaar.ablate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--studies", default="components,unimodal",
-                   help="comma-separated: components,cascade,unimodal,inits,recipes")
-    p.add_argument("--variants", help="explicit comma-separated variants instead of --studies; join variants "
-                   "with + to combine them, e.g. no-csa+init-official")
-    p.add_argument("--seeds", default="43,44,45")
-    p.add_argument("--modalities", default="video,audio,text")
-    p.add_argument("--steps", type=int, help="pretraining steps (none: the trainer's default epochs)")
-    p.add_argument("--dim", type=int)
-    p.add_argument("--num-codes", type=int)
-    p.add_argument("--temporal-ffn-dim", type=int)
-    p.add_argument("--text-lstm-dim", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--pretrain-clips", type=int)
-    p.add_argument("--train-args", default="", help="extra flags for codaar.train, e.g. '--data-preset avvp'")
-    p.add_argument("--ave-epochs", type=int, help="AVE head epochs (default 30)")
-    p.add_argument("--avvp-epochs", type=int, help="AVVP head epochs (default 50)")
-    p.add_argument("--tasks", default="ave,avvp")
-    p.add_argument("--jobs", type=int, default=1, help="trainings at once (each single-threaded when > 1)")
-    p.add_argument("--curve", action="store_true", help="score every kept checkpoint of each run (--tasks ave/avvp, "
-                   "clean) "
-                   "instead of the last one: transfer over training and steps to 95%% of the final transfer; keep "
-                   "checkpoints with --train-args '--checkpoint-every N --keep-checkpoints M'")
-    p.add_argument("--out", default="runs/ablation")
+    p = CommandLineParser(prog="python -m codaar.ablate", description=__doc__.split("\n\n")[0])
+    add_settings(p, AblateCommand)
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    command, _ = parse_settings(build_parser(), AblateCommand, argv)
     from codaar.evaluate import EvaluationError
 
     try:
-        return run_ablation(args, argv)
+        return run_ablation(command, argv)
     except (AblationError, EvaluationError) as exc:
         print(f"python -m codaar.ablate: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def run_ablation(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
-    modalities = tuple(args.modalities.split(","))
-    variants = args.variants.split(",") if args.variants else study_variants(args.studies.split(","), modalities)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        raise AblationError(f"--seeds: expected comma-separated integers, found {args.seeds!r}") from None
-    size = ["--modalities", args.modalities]
-    for flag, value in (("--max-steps", args.steps), ("--dim", args.dim), ("--num-codes", args.num_codes),
-                        ("--temporal-ffn-dim", args.temporal_ffn_dim), ("--text-lstm-dim", args.text_lstm_dim),
-                        ("--batch-size", args.batch_size), ("--pretrain-clips", args.pretrain_clips)):
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_ablation(command: AblateCommand, argv: list[str] | None = None) -> dict:
+    modalities = command.modalities
+    variants = list(command.variants) if command.variants else study_variants(command.studies, modalities)
+    seeds = list(command.seeds)
+    size = ["--modalities", ",".join(modalities)]
+    for flag, value in (("--max-steps", command.steps), ("--dim", command.dim), ("--num-codes", command.num_codes),
+                        ("--temporal-ffn-dim", command.temporal_ffn_dim),
+                        ("--text-lstm-dim", command.text_lstm_dim), ("--batch-size", command.batch_size),
+                        ("--pretrain-clips", command.pretrain_clips)):
         if value is not None:
             size += [flag, str(value)]
-    size += args.train_args.split()
-    if args.steps is not None:  # enough epochs for the requested steps
+    size += command.train_args.split()
+    if command.steps is not None:  # enough epochs for the requested steps
         size += ["--epochs", "1000"]
-    out = Path(args.out)
+    out = Path(command.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     jobs = [(v, s) for v in variants for s in seeds]
     flags = {v: [v, *variant_flags(v)] for v in variants}
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        runs = dict(zip(jobs, pool.map(lambda job: train_run(out, flags[job[0]], job[1], size, log), jobs)))
-    tasks = tuple(args.tasks.split(","))
-    if args.curve:
-        return curve_study(runs, variants, seeds, out, args, size, flags, argv, log)
+    with ThreadPoolExecutor(max_workers=command.jobs) as pool:
+        runs = dict(zip(jobs, pool.map(lambda job: train_run(out, flags[job[0]], job[1], size, _log), jobs)))
+    if command.curve:
+        return curve_study(runs, variants, seeds, out, command, size, flags, argv, _log)
     rows: dict[str, list[dict]] = {v: [] for v in variants}
     for (v, s), run in runs.items():
         started = time.perf_counter()
-        row = score_run(run, args.ave_epochs, args.avvp_epochs, tasks)
+        row = score_run(run, command.ave_epochs, command.avvp_epochs, command.tasks)
         rows[v].append(dict(row))
-        log(f"scored {v} seed {s} in {time.perf_counter() - started:.0f} s: " +
-            ", ".join(f"{k} {row[k]:.1f}" for k in MAIN_COLUMNS if k in row))
+        _log(f"scored {v} seed {s} in {time.perf_counter() - started:.0f} s: " +
+             ", ".join(f"{k} {row[k]:.1f}" for k in MAIN_COLUMNS if k in row))
     text, summary = summarise(rows)
     return publish(out, "ablation", text, argv, size, flags, seeds, summary=summary, per_seed=rows)
 
@@ -271,17 +287,17 @@ def publish(out: Path, stem: str, text: str, argv, size, flags, seeds, **results
     return payload
 
 
-def curve_study(runs, variants, seeds, out: Path, args, size, flags, argv, log) -> dict:
+def curve_study(runs, variants, seeds, out: Path, command: AblateCommand, size, flags, argv, log) -> dict:
     """Every kept checkpoint of every run scored (`codaar.evaluate --curve`): cross-modal transfer per
     step, mean ± std over seeds, and the steps each recipe needs to reach 95% of its final transfer."""
     from codaar.evaluate.curve import transfer_curve
 
-    curve_tasks = tuple(t for t in args.tasks.split(",") if t in ("ave", "avvp"))
+    curve_tasks = tuple(t for t in command.tasks if t in ("ave", "avvp"))
     curves: dict[str, list[dict]] = {v: [] for v in variants}
     for (v, s), run in runs.items():
         started = time.perf_counter()
-        curve = transfer_curve(run, tasks=curve_tasks, ave={"epochs": args.ave_epochs},
-                               avvp={"epochs": args.avvp_epochs}, plots=False, log=lambda m: None)
+        curve = transfer_curve(run, tasks=curve_tasks, ave={"epochs": command.ave_epochs},
+                               avvp={"epochs": command.avvp_epochs}, plots=False, log=lambda m: None)
         curves[v].append(curve)
         log(f"curve {v} seed {s} in {time.perf_counter() - started:.0f} s: " + ", ".join(
             f"step {p['step']} {p['transfer']:.1f}" for p in curve["points"]) + f"; 95% at {curve['steps_to_95']}")

@@ -28,11 +28,11 @@ import torch.distributed as dist
 from torch import nn
 
 import codaar_kernels as ops
-from codaar_kernels.kmeans_init import kmeans_codebook
+from codaar.quantizer_config import QuantizerConfig
 from codaar.runtime.distributed import active as distributed_active
 from codaar.runtime.distributed import gather_batch
-from codaar.quantizer_config import QuantizerConfig
 from codaar.runtime.seeding import SEED_MIX
+from codaar_kernels.kmeans_init import kmeans_codebook
 
 _INIT_STREAM = 0x5EED1717  # the data-dependent init's generator: (reset_seed, this), apart from any reset step
 
@@ -70,7 +70,7 @@ class LazyMetrics(Mapping):
     evaluation loop, a step not logged) does not pay for them. What they read from the quantizer's
     state is taken at the call, so the values are those of the call whenever they are read."""
 
-    def __init__(self, compute) -> None:  # noqa: ANN001 (a zero-argument callable returning the dict)
+    def __init__(self, compute) -> None:
         self._compute, self._values = compute, None
 
     def _get(self) -> dict[str, torch.Tensor]:
@@ -83,7 +83,7 @@ class LazyMetrics(Mapping):
     def __getitem__(self, key: str) -> torch.Tensor:
         return self._get()[key]
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self):
         return iter(self._get())
 
     def __len__(self) -> int:
@@ -183,7 +183,7 @@ class CrossModalQuantizer(nn.Module):
         self.frozen = frozen
         return self
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 (torch's signature)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints from before these buffers existed: official-initialised, usage unknown.
         if prefix + "codebook" in state_dict:
             state_dict.setdefault(prefix + "last_used", torch.zeros_like(self.last_used))

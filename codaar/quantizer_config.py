@@ -75,7 +75,8 @@ class QuantizerConfig:
     decoder_code: str | None = setting(None, "own_index_row: decoder m gets the full row E[k_m] (official); "
                                        "concat_codes: every modality's own code (paper Eq. 9)",
                                        choices=("own_index_row", "concat_codes"))
-    laplace_smoothing: bool | None = setting(None, "E = W / C~ with Laplace-smoothed counts (official) or W / (C + eps)")
+    laplace_smoothing: bool | None = setting(None, "E = W / C~ with Laplace-smoothed counts (official) or "
+                                             "W / (C + eps)")
     csa_persistent: bool | None = setting(None, "the EMA continues from the CSA-moved codewords (paper) or CSA "
                                           "moves only the lookup codebook (official)")
     dqa_weight: float | None = setting(None, "factor of the CMCM loss (official 0.5, paper 1.0)", at_least=0)

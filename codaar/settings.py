@@ -8,7 +8,9 @@ alone come:
   error names the setting, what was expected and what was found (`SettingsError`, a ValueError);
 * flat names: every setting has one name, unique across the levels, so `ModelConfig(num_codes=16)`
   routes to its quantizer, a `--config` file may be flat or nested, and the command line is flat;
-* the command-line flags (`add_flags`), with the help and the default;
+* the command line of every program (`add_settings`, `settings_from_args`, `parse_settings`): one
+  flag per setting with its help and default, `--config FILE` (JSON or TOML, flat or nested names;
+  flags override it), and one line naming the setting for a bad value (`CommandLineParser`);
 * a JSON form (`to_dict` / `from_dict`) for config.json and checkpoints;
 * a resume rule per setting (`MATCH`, `FREE`, `CHANGES`), which the trainer applies on `--resume`.
 
@@ -22,10 +24,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import math
+import sys
+import tomllib
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 # Resume rules: what `--resume` does when a setting differs from the checkpoint's.
 MATCH = "match"  # the run's math or data: refused, naming the setting, the old and the new value
@@ -42,13 +48,14 @@ class SettingsError(ValueError):
         super().__init__(f"setting '{name}': expected {expected}, found {found_text or repr(found)}")
 
 
-def setting(default: object = None, help: str = "", *, choices: tuple | None = None,  # noqa: A002 (argparse's word)
+def setting(default: object = None, help: str = "", *, choices: tuple | None = None,
             at_least: float | None = None, above: float | None = None, below: float | None = None,
             at_most: float | None = None, resume: str = MATCH, flag: bool = True, metavar: str | None = None,
             const: object = None):
     """Declare one setting. Bounds apply to numbers and to each item of a tuple; `choices` likewise.
     `flag=False`: not a command-line flag (set by the program that embeds the config); `const`: the
-    value of the flag given without one (`--resume` = `--resume yes`)."""
+    value of the flag given without one (`--resume` = `--resume yes`). A setting whose annotation
+    does not admit None but whose default is None is required (`--meta CSV`, from a flag or a file)."""
     if resume not in RESUME_RULES:
         raise ValueError(f"resume rule: expected one of {RESUME_RULES}, found {resume!r}")
     metadata = {"help": help, "choices": choices, "at_least": at_least, "above": above, "below": below,
@@ -58,7 +65,7 @@ def setting(default: object = None, help: str = "", *, choices: tuple | None = N
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def nested(cls: type, help: str, **given: object):  # noqa: A002
+def nested(cls: type, help: str, **given: object):
     """A sub-config field; `given` overrides the sub-config's own defaults for this use of it."""
     return dataclasses.field(default_factory=functools.partial(cls, **given), metadata={"help": help, "nested": cls})
 
@@ -83,12 +90,15 @@ class Declared:
 
 # ------------------------------------------------------------------------------ the decorator
 def settings(cls: type) -> type:
-    """Make `cls` a frozen, keyword-only dataclass of settings (see the module docstring)."""
+    """Make `cls` a frozen, keyword-only dataclass of settings (see the module docstring). A class
+    without its own `__post_init__` validates its fields; one with it calls `validate_fields()` first."""
+    if "__post_init__" not in cls.__dict__:
+        cls.__post_init__ = _validate_fields
     cls = dataclasses.dataclass(frozen=True, kw_only=True)(cls)
     dataclass_init = cls.__init__
 
     @functools.wraps(dataclass_init)
-    def __init__(self, **values: object) -> None:  # noqa: N807
+    def __init__(self, **values: object) -> None:
         routed = _route(type(self), values)
         object.__setattr__(self, "_given", frozenset(routed))
         dataclass_init(self, **routed)
@@ -228,7 +238,7 @@ def _check(name: str, value: object, kind: object, meta: Mapping[str, object]) -
     if value is None:
         if optional:
             return None
-        raise SettingsError(name, _describe(base, item, meta), None)
+        raise SettingsError(name, _describe(base, item, meta), None, found_text="no value (it is required)")
     if base is tuple:
         if isinstance(value, str) or not isinstance(value, (tuple, list)):
             raise SettingsError(name, _describe(base, item, meta), value)
@@ -291,11 +301,32 @@ def _describe(kind: type, item: type | None, meta: Mapping[str, object]) -> str:
 
 
 # -------------------------------------------------------------------------- command line
-def add_flags(parser: argparse.ArgumentParser, cls: type, defaults: object | None = None) -> None:
+class ConfigFileError(ValueError):
+    """A `--config` file that cannot be read as settings, or that gave a bad value (the message names the
+    file, then the setting)."""
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """An argument parser whose user errors are one line, `PROG: error: MESSAGE`, and exit status 2:
+    the message names the flag or the setting and `--help` lists them all, so argparse's usage block
+    is left out. The parsers of subcommands are of this class too (argparse makes them so)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def add_settings(parser: argparse.ArgumentParser, cls: type) -> None:
+    """`--config FILE` and one flag per setting of `cls` (`add_flags`): what every program takes."""
+    parser.add_argument("--config", metavar="FILE", help="JSON or TOML file of settings, flat or nested names "
+                        "(flags override it)")
+    add_flags(parser, cls)
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per setting of `cls` (flat names), help and default from the declarations. Only flags
-    actually given reach the parsed namespace (`argparse.SUPPRESS`), so they can override a file."""
-    defaults = defaults if defaults is not None else cls()
-    shown = defaults.flat()
+    actually given reach the parsed namespace (`argparse.SUPPRESS`), so they can override a file.
+    A value that is not even of the setting's type is refused by argparse in the settings' words."""
+    shown = _shown_defaults(cls)
     groups: dict[tuple[str, ...], argparse._ArgumentGroup] = {}
     for decl in declared(cls).values():
         meta = decl.meta
@@ -306,27 +337,52 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, defaults: object | Non
             groups[owner] = parser.add_argument_group(_group_title(cls, owner))
         group = groups[owner]
         optional, base, item = _kind(decl.kind)
+        default = "required" if shown[decl.name] is None and not optional else f"default: {_show(shown[decl.name])}"
         kwargs = {"dest": decl.name, "default": argparse.SUPPRESS,
-                  "help": f"{meta['help']} (default: {_show(shown[decl.name])})"}
+                  "help": f"{meta['help']} ({default})".replace("%", "%%")}
         if base is bool:
             group.add_argument(decl.flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
-        if base is tuple:
-            kwargs["type"] = _list_parser(item, optional)
-            kwargs["metavar"] = meta.get("metavar") or "A,B,..."
+        kwargs["type"] = _flag_parser(decl, base, item, optional)
+        if meta.get("const") is not None:
+            kwargs.update(nargs="?", const=meta["const"])
+        if meta.get("metavar"):
+            kwargs["metavar"] = meta["metavar"]
+        elif meta.get("choices") is not None:
+            kwargs["metavar"] = "{" + ",".join(map(str, meta["choices"])) + "}" + (",..." if base is tuple else "")
         else:
-            kwargs["type"] = _scalar_parser(base, optional)
-            if meta.get("const") is not None:
-                kwargs.update(nargs="?", const=meta["const"])
-            if meta.get("choices") is not None:
-                kwargs["choices"] = list(meta["choices"]) + ([None] if optional else [])
-                kwargs["metavar"] = "{" + ",".join(map(str, meta["choices"])) + "}"
-            else:
-                kwargs["metavar"] = meta.get("metavar") or _METAVARS[base]
+            kwargs["metavar"] = "A,B,..." if base is tuple else _METAVARS[base]
         group.add_argument(decl.flag, **kwargs)
 
 
 _METAVARS = {int: "N", float: "X", str: "TEXT"}
+
+
+def deprecated_flag(parser: argparse.ArgumentParser, flag: str, dest: str, value: object, instead: str) -> None:
+    """An old flag kept working: it sets the setting `dest` to `value` and warns, in one line on stderr,
+    that `instead` is its name now."""
+
+    class Deprecated(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"{parser.prog}: warning: {option_string} is deprecated; use {instead}", file=sys.stderr)
+            setattr(namespace, self.dest, value)
+
+    parser.add_argument(flag, dest=dest, nargs=0, action=Deprecated, default=argparse.SUPPRESS,
+                        help=f"deprecated: {instead}")
+
+
+def progress_setting() -> dataclasses.Field:
+    """The progress setting of every program that shows a progress bar: `--progress` / `--no-progress`."""
+    return setting(True, "show a progress bar", resume=FREE)
+
+
+def _shown_defaults(cls: type) -> dict[str, object]:
+    """The defaults `--help` shows, by flat name: those of `cls()` (which follow a preset, say), or the
+    declared ones when `cls` has a required setting and cannot be built without it."""
+    try:
+        return cls().flat()
+    except SettingsError:
+        return {name: decl.field.default for name, decl in declared(cls).items()}
 
 
 def _group_title(cls: type, path: tuple[str, ...]) -> str:
@@ -344,23 +400,21 @@ def _field_help(cls: type, path: tuple[str, ...]) -> str:
     return {f.name: f for f in dataclasses.fields(cls)}[path[-1]].metadata["help"]
 
 
-def _scalar_parser(kind: type, optional: bool) -> Callable[[str], object]:
+def _flag_parser(decl: Declared, kind: type, item: type | None, optional: bool) -> Callable[[str], object]:
+    """Text -> value of the setting's type (a comma-separated list for tuples; `none` for optional
+    settings); choices and bounds are checked when the settings are built."""
+    expected = _describe(kind, item, decl.meta)
+
     def parse(text: str) -> object:
         if optional and text.lower() == "none":
             return None
-        return kind(text)
+        try:
+            if kind is tuple:
+                return tuple(item(part.strip()) for part in text.split(",") if part.strip())
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(str(SettingsError(decl.name, expected, text))) from None
 
-    parse.__name__ = kind.__name__  # argparse names the type in its error message
-    return parse
-
-
-def _list_parser(item: type, optional: bool) -> Callable[[str], object]:
-    def parse(text: str) -> object:
-        if optional and text.lower() == "none":
-            return None
-        return tuple(item(part.strip()) for part in text.split(",") if part.strip())
-
-    parse.__name__ = f"comma-separated {item.__name__} list"
     return parse
 
 
@@ -368,6 +422,49 @@ def _show(value: object) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     return str(value)
+
+
+def read_config_file(path: str | Path, cls: type) -> dict[str, object]:
+    """The settings of a JSON or TOML file (by its suffix: `.toml`, else JSON), by flat name; names
+    that `cls` does not declare are refused here, values when the settings are built."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+        values = tomllib.loads(text) if file.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise ConfigFileError(f"--config {path}: cannot read settings ({exc})") from None
+    try:
+        return flatten(cls, values)
+    except SettingsError as exc:
+        raise ConfigFileError(f"--config {path}: {exc}") from None
+
+
+def settings_from_args(cls: type, args: argparse.Namespace | Mapping[str, object]) -> object:
+    """The settings of a parsed command line: the declared defaults < the `--config` file < the flags
+    given (`add_flags` passes only those). Raises SettingsError naming the setting, or ConfigFileError
+    naming the file too when the bad value came from it."""
+    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    path = values.get("config")
+    file_values = read_config_file(path, cls) if path else {}
+    given = {name: values[name] for name in declared(cls) if name in values}
+    try:
+        return cls(**{**file_values, **given})
+    except SettingsError as exc:
+        if exc.name in file_values and exc.name not in given:
+            raise ConfigFileError(f"--config {path}: {exc}") from None
+        raise
+
+
+def parse_settings(parser: argparse.ArgumentParser, cls: type, argv: Sequence[str] | None = None,
+                   ) -> tuple[object, argparse.Namespace]:
+    """(the settings of `cls`, the parsed namespace, for the arguments that are not settings) from
+    `argv` (default: the program's arguments). A bad setting or `--config` file exits with status 2
+    and one line naming it (`parser.error`)."""
+    args = parser.parse_args(argv)
+    try:
+        return settings_from_args(cls, args), args
+    except (SettingsError, ConfigFileError) as exc:
+        parser.error(str(exc))
 
 
 def iter_settings(config: object) -> Iterator[tuple[Declared, object]]:

@@ -260,7 +260,10 @@ def launch_assign(
         launch(_assign_kernel, grid, *args, **keys, DOT_FP32=dot_fp32, PREC=prec, flops=flops, **cfg)
     else:
         tuner = _assign_kernel_tuned[dot_fp32 and prec == "ieee"]
-        grid = lambda meta: (triton.cdiv(num_frames, meta["BLOCK_N"]), num_mod)  # noqa: E731
+
+        def grid(meta: dict) -> tuple[int, int]:  # the autotuner picks BLOCK_N
+            return triton.cdiv(num_frames, meta["BLOCK_N"]), num_mod
+
         launch(tuner, grid, *args, **keys, DOT_FP32=dot_fp32, PREC=prec, flops=flops)
 
 

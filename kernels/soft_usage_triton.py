@@ -93,7 +93,7 @@ def _soft_usage_fwd_kernel(
     col_ok = cols < K
 
     acc = tl.zeros([BLOCK_B, BLOCK_K], dtype=tl.float32)
-    for t in range(0, T):
+    for t in range(T):
         rows = samples * T + t  # frame t of each owned sample (rows strided by T)
         zsq = tl.load(zsq_ptr + rows, mask=sample_ok, other=0.0)
         d, s = _score_tile(z_ptr, e_ptr, esq_ptr, zsq, rows, sample_ok, cols, col_ok, D,

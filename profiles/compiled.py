@@ -29,11 +29,11 @@ from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "0"  # before any kernel is decorated: the compiled, not interpreted, launches
 
-import torch  # noqa: E402
-import triton  # noqa: E402
+import torch
+import triton
 
-from codaar_kernels import ahead_of_time as aot  # noqa: E402
-from codaar_kernels import utilities  # noqa: E402
+from codaar_kernels import ahead_of_time as aot
+from codaar_kernels import utilities
 
 HERE = Path(__file__).parent
 COMMAND = "python profiles/compiled.py"
@@ -58,8 +58,8 @@ def table(records: list[dict]) -> list[str]:
     lines = []
     for kernel in dict.fromkeys(r["kernel"] for r in records):
         lines += [f"### `{kernel}`", "",
-                  "| dtype path | config | arch | registers | spill st/ld (B) | local (B) | shared static + dynamic (KB) "
-                  "| HMMA | HGMMA | FFMA | occupancy (limit) | rules |",
+                  "| dtype path | config | arch | registers | spill st/ld (B) | local (B) "
+                  "| shared static + dynamic (KB) | HMMA | HGMMA | FFMA | occupancy (limit) | rules |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in records if r["kernel"] == kernel):
             issues = "; ".join(aot.problems(r)) or "ok"
@@ -67,7 +67,8 @@ def table(records: list[dict]) -> list[str]:
                 lines.append(f"| {r['path']} | {r['config']} | {r['arch']} | | | | | | | | | {issues} |")
                 continue
             lines.append(
-                f"| {r['path']} | {r['config']} | {r['arch']} | {r['registers']} | {r['spill_stores']}/{r['spill_loads']} "
+                f"| {r['path']} | {r['config']} | {r['arch']} | {r['registers']} "
+                f"| {r['spill_stores']}/{r['spill_loads']} "
                 f"| {r['local']} | {_kb(r['static_shared'])} + {_kb(r['dynamic_shared'])} | {r['hmma']} | {r['hgmma']} "
                 f"| {r['ffma']} | {r['occupancy']:.0%} ({r['occupancy_limit']}) | {issues} |")
         lines.append("")

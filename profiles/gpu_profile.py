@@ -31,7 +31,7 @@ def main(out: Path) -> None:
     for tf32 in (False, True):
         torch.backends.cuda.matmul.allow_tf32 = tf32
         gemm = do_bench(lambda: torch.mm(z[0], codebook[0].T), quantiles=[0.5])
-        ours = do_bench(lambda: assign_triton(z, codebook, allow_tf32=tf32), quantiles=[0.5])
+        ours = do_bench(lambda tf32=tf32: assign_triton(z, codebook, allow_tf32=tf32), quantiles=[0.5])
         rows.append((("tf32" if tf32 else "fp32"), gemm, ours))
     torch.backends.cuda.matmul.allow_tf32 = False
     print("## Scaled assign (N=65,536, K=8,192, D=256, one modality) vs a bare GEMM of the same shape\n")
@@ -45,7 +45,7 @@ def main(out: Path) -> None:
         quantizer = make_quantizer(shape, torch.float32)
         latents = dict(zip(quantizer.modalities, make_latents(shape, torch.float32)))
 
-        def step():
+        def step(backend=backend, quantizer=quantizer, latents=latents):  # bound now: do_bench calls it here
             with ops.use_backend(backend):
                 quantizer(latents).loss.backward()
 

@@ -15,8 +15,16 @@ import torch
 if __name__ == "__main__" and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: it reads this then
 
-from bench.bench_quantizer_step import SHAPES, authors_forward, make_latents, make_quantizer, ours_forward  # noqa: E402
-from bench.step_flops import report, step_flops, summary_lines  # noqa: E402
+from bench.bench_quantizer_step import (
+    SHAPES,
+    authors_backward,
+    authors_forward,
+    make_latents,
+    make_quantizer,
+    ours_backward,
+    ours_forward,
+)
+from bench.step_flops import report, step_flops, summary_lines
 
 
 def main() -> None:
@@ -27,11 +35,10 @@ def main() -> None:
         dtype = torch.float64 if contestant == "authors" else torch.float32
         quantizer, latents = make_quantizer(shape, dtype, device), make_latents(shape, dtype, device)
         if contestant == "authors":
-            forward = authors_forward(quantizer, latents)
-            backward = lambda out: (out["cmcm"] + sum(out["commit"])).backward()  # noqa: E731
+            forward, backward = authors_forward(quantizer, latents), authors_backward
         else:
             forward = ours_forward(quantizer, latents, "triton" if contestant == "triton" else "eager")
-            backward = lambda out: out.loss.backward()  # noqa: E731
+            backward = ours_backward
         report(f"quantizer step, paper shape: {contestant}", step_flops(forward, backward))
     print("\n".join(summary_lines()))
 

@@ -39,11 +39,12 @@ class HostSync(AssertionError):
 class ForbidHostSync(TorchDispatchMode):
     """Raise `HostSync` on any operation that would synchronise a CUDA stream with the host."""
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch's signature)
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in SYNCING_OPS:
             raise HostSync(f"{func} synchronises with the host on CUDA")
-        if func in (_aten.index.Tensor, _aten.index_put.default, _aten.index_put_.default, _aten._index_put_impl_.default):
+        if func in (_aten.index.Tensor, _aten.index_put.default, _aten.index_put_.default,
+                    _aten._index_put_impl_.default):
             indices = args[1]
             if any(i is not None and i.dtype == torch.bool for i in indices):
                 raise HostSync(f"{func} with a boolean mask has a data-dependent size (nonzero)")

@@ -9,8 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from codaar.data import (DataFormatError, HashedTextFeaturizer, TriModalDataset, build_synthetic, caption_tokens,
-                         load_dataset, make_dataloader, read_manifest, validate, write_dataset)
+from codaar.data import (
+    DataFormatError,
+    HashedTextFeaturizer,
+    TriModalDataset,
+    build_synthetic,
+    caption_tokens,
+    load_dataset,
+    make_dataloader,
+    read_manifest,
+    validate,
+    write_dataset,
+)
 from codaar.data.format import write_dataset_files
 from tests.data_helpers import assert_names, edit_manifest, expect_load_error
 
@@ -217,7 +227,8 @@ def test_manifest_text_kind_checks(copy):
     edit_manifest(copy, lambda m: m["arrays"].pop("text_mask"))
     expect_load_error(copy, copy / "manifest.json", "arrays.text_mask", "an entry for the text_mask array", "missing")
     edit_manifest(copy, lambda m: m.update(text_kind="captions"))
-    expect_load_error(copy, copy / "manifest.json", "text_kind", "one of ['class-prompt', 'per-clip'] or null", "'captions'")
+    expect_load_error(copy, copy / "manifest.json", "text_kind", "one of ['class-prompt', 'per-clip'] or null",
+                      "'captions'")
 
 
 def test_manifest_text_kind_must_match_the_arrays(copy):

@@ -26,7 +26,7 @@ from codaar.data.text import HashedTextFeaturizer
 from tests.extract_media import PALETTE, colour_of, tone_of, write_clip, write_truncated
 
 T = 4
-FAST = ["--random-weights", "--segments", str(T), "--frame-size", "32", "--quiet"]
+FAST = ["--random-weights", "--segments", str(T), "--frame-size", "32", "--no-progress"]
 GOOD = ["a10", "b3", "c25", "d6", "e5"]  # sorted by file name, as the extraction orders them
 BAD = {"empty": "zero length", "noaudio": "no audio track", "trunc": "unreadable container"}
 
@@ -170,7 +170,8 @@ def test_float16_audio_only_run_with_the_released_embedding_format(media, tmp_pa
     assert not np.asarray(data.video).any()  # no VGG-19 was run
     assert (audio == np.round(audio)).all() and audio.min() >= 0 and audio.max() <= 255 and audio.std() > 0
     models = data.info["models"]
-    assert "quantised to 0..255" in models["audio"]["postprocess"] and models["audio"]["pca_weights"]["source"] == "random"
+    assert "quantised to 0..255" in models["audio"]["postprocess"]
+    assert models["audio"]["pca_weights"]["source"] == "random"
     assert "video" not in models and data.info["video"]["frame_policy"].startswith("none")
 
 
@@ -294,7 +295,8 @@ def test_per_clip_captions_follow_the_contract(media, tmp_path):
                          ("e5#0", "a tone")]}
     for name, folder in (("first", first), ("each", each)):
         manifest = json.loads((folder / "manifest.json").read_text())
-        assert manifest["schema_version"] == 2 and manifest["text_kind"] == "per-clip" and "text" in manifest["modalities"]
+        assert manifest["schema_version"] == 2 and manifest["text_kind"] == "per-clip"
+        assert "text" in manifest["modalities"]
         assert "text" not in manifest["arrays"]  # per-clip text, not class prompts
         n = len(expected[name])
         assert manifest["arrays"]["text_clips"] == {"file": "text_clips.npy", "shape": [n, T, 32], "dtype": "float32"}
@@ -322,7 +324,8 @@ def test_labelled_extraction_trains_and_evaluates(media, tmp_path, capsys):
     labels.write_text("clip_id,class,start,end\na10,dog,1,3\nb3,bell,,\nc25,dog,,\nd6,bell,,\ne5,dog,,\n"
                       "noaudio,bell,,\n")
     data_dir = tmp_path / "data"
-    assert run_cli(data_dir, media, *FAST, "--labels", labels, "--video-pooling", "mean", "--max-bad-fraction", "0.5") == 0
+    assert run_cli(data_dir, media, *FAST, "--labels", labels, "--video-pooling", "mean",
+                   "--max-bad-fraction", "0.5") == 0
     data = load_dataset(data_dir)
     assert data.class_names == ["bell", "dog"] and data.text_table.shape == (2, T, 768)
     assert data.video.shape[2:] == (512,) and list(data.clip_ids) == GOOD

@@ -97,7 +97,8 @@ VGGISH_PARAMS = {  # the torchvggish port of the published model (vggish-1008697
 def test_vggish_parameters_match_the_published_layout():
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in VGGish().state_dict().items()}
-    expected = {f"{k}.weight": v for k, v in VGGISH_PARAMS.items()} | {f"{k}.bias": (v[0],) for k, v in VGGISH_PARAMS.items()}
+    expected = ({f"{k}.weight": v for k, v in VGGISH_PARAMS.items()}
+                | {f"{k}.bias": (v[0],) for k, v in VGGISH_PARAMS.items()})
     assert shapes == expected
 
 
@@ -132,7 +133,8 @@ def test_pca_and_quantisation_by_hand():
     pca.load_state_dict(post.state_dict())
     assert torch.allclose(pca(e)[0, :3], torch.tensor([1.0, -3.0, 0.0]), atol=1e-6)
     q = post(e)[0]
-    # clip to [-2, 2], then round((x + 2) * 255 / 4): 1 -> 191.25 -> 191, -3 -> -2 -> 0, 0 -> 127.5 -> 128 (half to even)
+    # clip to [-2, 2], then round((x + 2) * 255 / 4): 1 -> 191.25 -> 191, -3 -> -2 -> 0,
+    # 0 -> 127.5 -> 128 (half to even)
     assert q[:3].tolist() == [191.0, 0.0, 128.0]
     assert q.min() >= 0 and q.max() <= 255
 

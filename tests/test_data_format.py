@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from codaar.data import (SCHEMA_VERSION, DataFormatError, TriModalDataset, build_synthetic, load_dataset,
-                         make_dataloader, read_manifest, write_dataset)
+from codaar.data import (
+    SCHEMA_VERSION,
+    DataFormatError,
+    TriModalDataset,
+    build_synthetic,
+    load_dataset,
+    make_dataloader,
+    read_manifest,
+    write_dataset,
+)
 from tests.data_helpers import assert_names, edit_manifest
 
 SMALL = dict(num_pretrain=40, num_train=20, num_val=4, num_test=8)

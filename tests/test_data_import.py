@@ -1,7 +1,6 @@
 """Import of the authors' layout: zips of pickles, CSVs, labels, safety and atomicity."""
 
 import csv
-import io
 import os
 import pickle
 import subprocess
@@ -36,7 +35,7 @@ def make_layout(root: Path, rows, audio_rows=None, video_rows=None):
         writer = csv.writer(fh)
         writer.writerow(["category", "video_id", "split"])
         writer.writerows(rows)
-    for i, (_, video_id, _) in enumerate(rows):
+    for _, video_id, _ in rows:
         t_a = (audio_rows or {}).get(video_id, 10)
         t_v = (video_rows or {}).get(video_id, 10)
         write_zip(audio_dir / f"{video_id}.zip", rng.standard_normal((t_a, 128)).astype(np.float32))
@@ -71,7 +70,8 @@ def test_import_round_trip_with_padding_and_truncation(tmp_path):
     assert data.prompts[data.class_names.index("train horn")] == "The sound of a train horn in the distance"
     assert data.text_table.shape == (3, 10, 768)
     assert [data.class_names[c] for c in data.category] == [r[0] for r in ROWS]
-    assert {k: v.tolist() for k, v in data.splits.items()} == {"pretrain": [0, 1, 2, 3], "train": [0, 1], "test": [2], "val": [3]}
+    assert {k: v.tolist() for k, v in data.splits.items()} == {"pretrain": [0, 1, 2, 3], "train": [0, 1], "test": [2],
+                                                                "val": [3]}
     # B had 7 audio rows: rows 7..9 repeat row 6. C had 12 video rows: the first 10 are kept.
     original_b = read_zipped_array(layout["audio_dir"] / "BBBBBBBBBBB.zip")
     assert np.array_equal(data.audio[1, :7], original_b)
@@ -159,7 +159,8 @@ def test_corrupt_zip(tmp_path):
     with pytest.raises(DataFormatError) as err:
         run_import(layout, out)
     message = str(err.value)
-    assert str(bad) in message and "'zip'" in message and "expected a zip archive" in message and "unreadable" in message
+    assert str(bad) in message and "'zip'" in message
+    assert "expected a zip archive" in message and "unreadable" in message
     assert_nothing_written(tmp_path, out)
 
 
@@ -255,7 +256,7 @@ def test_avvp_labels_and_cli(tmp_path):
     (tmp_path / "visual.csv").write_text(
         "filename\tonset\toffset\tevent_labels\nAAAAAAAAAAA_30_40\t3\t5\tavvp03\n")
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "codaar.data", "import-official", str(out), "--quiet",
+    command = [sys.executable, "-m", "codaar.data", "import-official", str(out), "--no-progress",
                "--meta", str(layout["meta_csv"]), "--audio-dir", str(layout["audio_dir"]),
                "--video-dir", str(layout["video_dir"]), "--prompts", str(layout["prompts_csv"]),
                "--video-shape", "2,2,8", "--text-dim", "32",

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from codaar.data import (BACKGROUND, build_synthetic, load_dataset, synthetic_config, video_level_class,
-                         write_synthetic)
+from codaar.data import BACKGROUND, build_synthetic, load_dataset, synthetic_config, video_level_class, write_synthetic
 
 SMALL = dict(num_pretrain=300, num_train=200, num_val=40, num_test=100)
 
@@ -57,7 +56,7 @@ def test_same_seed_same_bytes_and_other_seed_differs(tmp_path):
 
 def test_cli_synth_and_inspect(tmp_path, capsys):
     out = tmp_path / "syn"
-    args = [sys.executable, "-m", "codaar.data", "synth", str(out), "--seed", "1", "--quiet",
+    args = [sys.executable, "-m", "codaar.data", "synth", str(out), "--seed", "1", "--no-progress",
             "--num-pretrain", "64", "--num-train", "32", "--num-val", "8", "--num-test", "16", "--video-shape", "32"]
     subprocess.run(args, check=True, capture_output=True, text=True)
     data = load_dataset(out)

@@ -49,7 +49,7 @@ def test_cli_api_and_evaluation_give_the_same_codes(loaded, hard_run, tmp_path, 
     assert data.text_kind == "per-clip" and not np.asarray(data.clip_text_mask).all()  # captions with padding
     out = tmp_path / "codes"
     manifest = encode_main([str(hard_run), "--out", str(out), "--split", "test", "--with-quantized", "--with-rows",
-                            "--batch-size", "256", "--quiet"])
+                            "--batch-size", "256", "--no-progress"])
     assert "wrote" in capsys.readouterr().out
     files = read_codes(out)
     clips = np.asarray(data.splits["test"])
@@ -87,7 +87,7 @@ def test_cli_api_and_evaluation_give_the_same_codes(loaded, hard_run, tmp_path, 
 
 def test_a_subset_of_modalities_and_the_built_in_default_data(hard_run, tmp_path):
     out = tmp_path / "codes"
-    manifest = encode_main([str(hard_run), "--out", str(out), "--modalities", "audio", "--quiet"])
+    manifest = encode_main([str(hard_run), "--out", str(out), "--modalities", "audio", "--no-progress"])
     assert manifest["modalities"] == ["audio"] and manifest["split"] is None and manifest["written"] == ["indices"]
     assert manifest["data"]["built_in"]["preset"] == "hard" and manifest["data"]["text_kind"] == "per-clip"
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npy")) == [
@@ -114,16 +114,16 @@ def test_bad_inputs_give_one_line_errors(loaded, hard_run, tmp_path, capsys):
     ]
     for args, message, also in cases:
         with pytest.raises(SystemExit) as exited:
-            encode_main([*args, "--out", str(tmp_path / "codes"), "--quiet"])
+            encode_main([*args, "--out", str(tmp_path / "codes"), "--no-progress"])
         err = capsys.readouterr().err.strip()
         assert exited.value.code == 2 and err.count("\n") == 0, err
         assert err.startswith("python -m codaar.encode: error: ") and message in err and (also is None or also in err)
     # a data set without text still encodes the modalities it has
     manifest = encode_main([str(hard_run), "--data", str(no_text), "--modalities", "video,audio", "--out",
-                            str(tmp_path / "av"), "--quiet"])
+                            str(tmp_path / "av"), "--no-progress"])
     assert manifest["modalities"] == ["video", "audio"] and manifest["data"]["text_kind"] is None
     with pytest.raises(SystemExit):
-        encode_main([str(hard_run), "--out", str(existing), "--quiet"])
+        encode_main([str(hard_run), "--out", str(existing), "--no-progress"])
     assert "already exists" in capsys.readouterr().err
     assert not (tmp_path / "codes").exists()
     # the module runs as a program; an error is one line, no traceback

@@ -134,7 +134,8 @@ def test_default_cascade_is_text_audio_video():
 def test_dead_code_counters_thresholds():
     unused = torch.tensor([300, 300, 99, 98, -1, 150])
     counts = t([[0.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
-    codebook, ema_sum, ema_count = torch.zeros(1, 6, 1, dtype=F64), torch.zeros(1, 6, 1, dtype=F64), torch.ones(1, 6, dtype=F64)
+    codebook, ema_sum = torch.zeros(1, 6, 1, dtype=F64), torch.zeros(1, 6, 1, dtype=F64)
+    ema_count = torch.ones(1, 6, dtype=F64)
     dead, active = ops.ema_csa_update_reference(
         codebook, ema_sum, ema_count, unused, torch.zeros(1, 6, 1, dtype=F64), counts, ops.EmaCsaConfig(
             decay=0.99, eps=1e-5, laplace_smoothing=True, csa_order=None, csa_persistent=False, dead_after=300,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from codaar.evaluate import EvaluationError, metrics
-from codaar.evaluate.run import evaluate, label_mapping, load_class_map
 from codaar.evaluate.features import check_compatible, load_eval_data, load_pretrained, require_labels
 from codaar.evaluate.protocols import HeadSettings, Task, run_ave, run_avvp, run_retrieval
+from codaar.evaluate.run import evaluate, label_mapping, load_class_map
 from codaar.train import main as train_main
 
 TINY = ["--dim", "32", "--num-codes", "16", "--temporal-ffn-dim", "64", "--text-lstm-dim", "16",
@@ -129,7 +129,8 @@ def test_bad_inputs_give_clear_messages(loaded, run_dir, tmp_path):
     with pytest.raises(EvaluationError, match="checkpoint: .*no checkpoint here"):
         load_pretrained(tmp_path)
     no_text = replace(data, text_table=None)
-    with pytest.raises(EvaluationError, match=r"video/audio/text model; expected modalities .* found \['audio', 'video'\]"):
+    with pytest.raises(EvaluationError,
+                       match=r"video/audio/text model; expected modalities .* found \['audio', 'video'\]"):
         check_compatible(pretrained, no_text)
     small_audio = replace(data, audio=np.zeros(data.audio.shape[:2] + (64,), np.float32))
     with pytest.raises(EvaluationError, match=r"field 'audio': expected \[128\] features per step .* found \[64\]"):

@@ -14,8 +14,8 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
 import codaar_kernels as ops
-from codaar.runtime.distributed import ProcessGroup
 from codaar.quantizer import CrossModalQuantizer
+from codaar.runtime.distributed import ProcessGroup
 from codaar.train.config import parse_config
 from codaar.train.graph_step import GraphedTrainStep
 from codaar.train.loop import Trainer, TrainingError

@@ -85,7 +85,7 @@ def path_hacks(files: dict[str, Path]) -> list[str]:
     `sys.path.insert`/`append` calls that make them work."""
     bare = {m.rpartition(".")[2] for m in files if unit_of(m) in ("tests", "bench", "profiles") and "." in m}
     problems = []
-    for module, path in files.items():
+    for path in files.values():
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
@@ -188,8 +188,8 @@ def test_the_checker_sees_every_kind_of_import():
     assert sorted(graph["codaar.evaluate.run"]) == [("codaar.evaluate.features", 1), ("codaar.evaluate.features", 2),
                                                     ("codaar.train.loop", 4)]
     problems = upward_imports(graph, files)
-    assert len(problems) == 3 and "distributed.py:2: codaar.runtime.distributed imports codaar.settings, a layer " \
-        "above codaar.runtime's" in problems[0]
+    assert len(problems) == 3 and ("distributed.py:2: codaar.runtime.distributed imports codaar.settings, a layer "
+                                   "above codaar.runtime's") in problems[0]
     assert "imports codaar.train.loop, a layer above" in problems[1]
     assert "run.py:4: codaar.evaluate.run imports codaar.train.loop, a layer beside codaar.evaluate's" in problems[2]
     assert cycles(graph) == [["codaar.evaluate.features", "codaar.evaluate.run"]]

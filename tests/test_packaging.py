@@ -40,7 +40,10 @@ def test_requires_python_matches_the_code():
 @pytest.mark.slow
 def test_the_wheel_installs_and_runs_outside_the_repo(tmp_path):
     dist, fresh = tmp_path / "dist", tmp_path / "fresh"
-    run = lambda *cmd, **kw: subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)  # noqa: E731
+
+    def run(*cmd, **kw):
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+
     built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(ROOT))
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = next(dist.glob("codaar-*.whl"))
@@ -56,10 +59,11 @@ def test_the_wheel_installs_and_runs_outside_the_repo(tmp_path):
 
     every_module = ("import importlib, pathlib, pkgutil, codaar, codaar_kernels\n"
                     "for package in (codaar, codaar_kernels):\n"
-                    "    assert pathlib.Path(package.__file__).is_relative_to(pathlib.Path(r'%s')), package.__file__\n"
+                    f"    assert pathlib.Path(package.__file__).is_relative_to(pathlib.Path(r'{site}')), "
+                    "package.__file__\n"
                     "    for info in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
                     "        importlib.import_module(info.name)\n"
-                    "print('imported')\n" % site)
+                    "print('imported')\n")
     imported = run(str(python), "-c", every_module, cwd=tmp_path)
     assert imported.returncode == 0 and "imported" in imported.stdout, imported.stderr[-3000:]
     trained = run(str(fresh / "bin" / "codaar-train"), "--max-steps", "2", "--dim", "16", "--num-codes", "8",

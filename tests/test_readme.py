@@ -19,6 +19,6 @@ def test_readme_library_snippet_runs():
 def test_ci_runs_the_readme_test_command():
     marker = README.index("<!-- ci: the next bash block")
     command = re.search(r"```bash\n(.*?)\n```", README[marker:], flags=re.S).group(1).strip()
-    assert "pytest" in command
+    assert "pytest" in command and "ruff check" in command.split("pytest")[0]  # the lint first, then the tests
     ci_script = (ROOT / ".ci" / "run").read_text()
     assert "<!-- ci: the next bash block" in ci_script  # .ci/run reads the command from the README

@@ -212,6 +212,29 @@ def test_folder_lock_in_one_process():
         assert not is_held(folder)
 
 
+def test_a_child_of_a_killed_holder_does_not_keep_its_lock(tmp_path):
+    """A process forked by the holder (a data-loader worker, say) inherits the locked descriptor; when
+    the holder is killed, its lock must die with it, not live on in the child."""
+    folder = tmp_path / "run"
+    # The child speaks once it runs its own code (after the fork hooks), so the check below is no race.
+    code = ("import os, time\nfrom codaar.runtime.locks import FolderLock\n"
+            f"lock = FolderLock({str(folder)!r}, 'test').acquire()\n"
+            "if os.fork() == 0:\n    print(os.getpid(), flush=True)\n    time.sleep(120)\n    os._exit(0)\n"
+            "time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        assert is_held(folder)
+        holder.kill()
+        holder.wait()
+        assert Path(f"/proc/{child}").exists() and not is_held(folder)
+        with FolderLock(folder, "test"):  # taken over while the child still runs
+            assert is_held(folder)
+    finally:
+        holder.kill()
+        os.kill(child, signal.SIGKILL)
+
+
 # ------------------------------------------------------------------------- elastic restarts
 def test_resume_auto_starts_fresh_then_continues(tmp_path):
     run = tmp_path / "run"

@@ -4,6 +4,7 @@ settings still load, resume and evaluate."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from codaar.evaluate.features import load_pretrained
 from codaar.model import CoDAARModel, ModelConfig
 from codaar.quantizer_config import QuantizerConfig
 from codaar.run_folder import checkpoint as ckpt
-from codaar.settings import RESUME_RULES, SettingsError, declared
+from codaar.settings import RESUME_RULES, ConfigFileError, SettingsError, declared, settings_from_args
 from codaar.train.config import TrainConfig, build_parser, config_from_args, saved_configs
 from tests.test_train import assert_same_run
 
@@ -37,31 +38,151 @@ def test_every_setting_is_declared_once_with_help_and_a_resume_rule():
     assert {"audio_dim", "reset_seed"}.isdisjoint(flags)  # read from the data / --seed by the trainer
 
 
-def test_extract_and_encode_flags_come_from_their_settings():
-    import argparse
+def _programs() -> dict[str, tuple[argparse.ArgumentParser, type, list[str]]]:
+    """Every program's command line: (its parser, its settings, the arguments that are not settings)."""
+    from codaar import ablate
+    from codaar.data.__main__ import COMMANDS
+    from codaar.data.__main__ import build_parser as data_parser
+    from codaar.encode.__main__ import EncodeCommand
+    from codaar.encode.__main__ import build_parser as encode_parser
+    from codaar.evaluate.__main__ import BaselinesCommand, EvaluateCommand, build_baselines_parser
+    from codaar.evaluate.__main__ import build_parser as evaluate_parser
 
-    from codaar.data.extract import cli as extract_cli
+    data = data_parser()
+    sub = next(a for a in data._actions if isinstance(a, argparse._SubParsersAction)).choices
+    import_args = ["--meta", "m.csv", "--audio-dir", "a", "--video-dir", "v", "--prompts", "p.csv"]
+    return {"train": (build_parser(), TrainConfig, []),
+            "evaluate": (evaluate_parser(), EvaluateCommand, ["run"]),
+            "evaluate baselines": (build_baselines_parser(), BaselinesCommand, []),
+            "ablate": (ablate.build_parser(), ablate.AblateCommand, []),
+            "encode": (encode_parser(), EncodeCommand, ["run", "--out", "codes"]),
+            "data synth": (sub["synth"], COMMANDS["synth"], ["out"]),
+            "data inspect": (sub["inspect"], COMMANDS["inspect"], ["dir"]),
+            "data import-official": (sub["import-official"], COMMANDS["import-official"], ["out", *import_args]),
+            "data extract": (sub["extract"], COMMANDS["extract"], ["out", "in.mp4"])}
+
+
+def test_every_program_takes_its_flags_from_its_settings(capsys):
+    with_progress = {"train", "encode", "data synth", "data import-official", "data extract"}
+    for name, (parser, cls, _) in _programs().items():
+        options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+        deprecated = [a for a in options if a.help.startswith("deprecated: ")]
+        flags = {a.dest for a in options if a not in deprecated} - {"config"}
+        assert flags == {n for n, decl in declared(cls).items() if decl.meta["flag"]}, name
+        assert any(a.option_strings == ["--config"] for a in options), name
+        for action in options:
+            if action not in deprecated and action.dest != "config":
+                assert "(default: " in action.help or action.help.endswith("(required)"), (name, action.dest)
+        # one progress flag, the same everywhere; the old --quiet sets it, with a warning
+        assert ("progress" in flags) == (name in with_progress), name
+        assert [a.option_strings for a in deprecated] == ([["--quiet"]] if name in with_progress - {"train"} else [])
+    parser, cls, positional = _programs()["encode"]
+    assert settings_from_args(cls, parser.parse_args([*positional, "--quiet"])).progress is False
+    assert "python -m codaar.encode: warning: --quiet is deprecated; use --no-progress" in capsys.readouterr().err
+    parser, cls, positional = _programs()["data import-official"]
+    assert "(required)" in parser.format_help()
+    assert settings_from_args(cls, parser.parse_args(positional)).meta == "m.csv"
+
+
+def test_extract_settings_are_checked_where_declared():
     from codaar.data.extract import vgg19
     from codaar.data.extract.settings import FRAME_STRIDE, ExtractSettings
-    from codaar.encode.__main__ import build_parser as encode_parser
-    from codaar.encode.export import EncodeSettings
 
-    sub = argparse.ArgumentParser().add_subparsers()
-    extract_cli.add_parser(sub)
-    extract = sub.choices["extract"]
-    for parser, cls, plain in ((extract, ExtractSettings, {"out", "inputs", "restart", "overwrite", "quiet"}),
-                               (encode_parser(), EncodeSettings, {"checkpoint", "out", "overwrite", "quiet"})):
-        dests = {a.dest for a in parser._actions} - {"help"}
-        assert dests == set(declared(cls)) | plain, cls
-        assert all(decl.meta["help"] for decl in declared(cls).values())
+    parser, cls, positional = _programs()["data extract"]
+    args = parser.parse_args([*positional, "--no-video", "--splits", "0.5,0.25,0.25", "--frame-size", "64"])
+    settings = settings_from_args(cls, args).extract
+    assert (settings.video, settings.splits, settings.frame_size) == (False, (0.5, 0.25, 0.25), 64)
+    assert settings.segments == 10
     assert FRAME_STRIDE == vgg19.STRIDE
-    args = extract.parse_args(["out", "in.mp4", "--no-video", "--splits", "0.5,0.25,0.25", "--frame-size", "64"])
-    settings = extract_cli.settings_of(args)
-    assert (settings.video, settings.splits, settings.frame_size, settings.segments) == (False, (0.5, 0.25, 0.25), 64, 10)
     with pytest.raises(SettingsError, match="setting 'frame_size': expected a multiple of 32"):
         ExtractSettings(frame_size=96 + 16)
     with pytest.raises(SettingsError, match="setting 'window': expected one of first, centre, every"):
         ExtractSettings(window="middle")
+
+
+CONFIG_CASES = [  # (program, the file, what it sets, a flag that overrides it)
+    ("train", "epochs = 3", {"epochs": 3}, ["--epochs", "5"]),
+    ("evaluate", "ave_epochs = 3\ntasks = ['ave']", {"ave_epochs": 3, "tasks": ("ave",)}, ["--ave-epochs", "5"]),
+    ("evaluate baselines", "head_epochs = 3\n[synthetic]\npreset = 'hard'", {"head_epochs": 3, "preset": "hard"},
+     ["--head-epochs", "5"]),
+    ("ablate", "jobs = 3\nseeds = [1, 2]", {"jobs": 3, "seeds": (1, 2)}, ["--jobs", "5"]),
+    ("encode", "[encode]\nbatch_size = 3", {"batch_size": 3}, ["--batch-size", "5"]),
+    ("data synth", "seed = 3\nprogress = false", {"seed": 3, "progress": False}, ["--seed", "5"]),
+    ("data inspect", "finite_check = false", {"finite_check": False}, ["--finite-check"]),
+    ("data import-official", "segments = 3", {"segments": 3}, ["--segments", "5"]),
+    ("data extract", "[extract]\nsegments = 3", {"segments": 3}, ["--segments", "5"]),
+]
+
+
+@pytest.mark.parametrize("program, text, values, flag", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_config_files_work_the_same_in_every_program(program, text, values, flag, tmp_path):
+    parser, cls, positional = _programs()[program]
+    path = tmp_path / "settings.toml"
+    path.write_text(text + "\n")
+    from_file = settings_from_args(cls, parser.parse_args([*positional, "--config", str(path)])).flat()
+    assert {name: from_file[name] for name in values} == values
+    overridden = settings_from_args(cls, parser.parse_args([*positional, "--config", str(path), *flag])).flat()
+    first = next(iter(values))
+    assert overridden[first] != values[first] and overridden[first] == (5 if flag[1:] else True)
+    path.write_text(f"{first} = -7\n")  # a bad value is the file's, named with its setting
+    with pytest.raises(ConfigFileError, match=f"--config {path}: setting '{first}': expected "):
+        settings_from_args(cls, parser.parse_args([*positional, "--config", str(path)]))
+    path.write_text("no_such_setting = 1\n")
+    with pytest.raises(ConfigFileError, match="setting 'no_such_setting': expected a setting of"):
+        settings_from_args(cls, parser.parse_args([*positional, "--config", str(path)]))
+
+
+BAD_SETTINGS = [  # (program, arguments, the one line on stderr)
+    ("train", ["--epochs", "x"], "python -m codaar.train: error: argument --epochs: setting 'epochs': expected an "
+                                 "integer >= 1, found 'x'"),
+    ("evaluate", ["run", "--protocol", "paper"], "python -m codaar.evaluate: error: setting 'protocol': expected "
+                                                 "one of clean, official, both, found 'paper'"),
+    ("evaluate", ["run", "--tasks", "ave,segmentation"], "setting 'tasks': expected a comma-separated list, each "
+                                                         "one of ave, avvp, retrieval, found ('ave', 'segmentation')"),
+    ("evaluate baselines", ["--head-lr", "0"], "python -m codaar.evaluate baselines: error: setting 'head_lr': "
+                                               "expected a finite number > 0, found 0.0"),
+    ("ablate", ["--seeds", "1,a"], "python -m codaar.ablate: error: argument --seeds: setting 'seeds': expected a "
+                                   "comma-separated list, each an integer >= 0, found '1,a'"),
+    ("ablate", ["--studies", "components,nope"], "setting 'studies': expected a comma-separated list, each one of "
+                                                 "components, cascade, unimodal, inits, recipes"),
+    ("encode", ["run", "--out", "x", "--batch-size", "0"], "python -m codaar.encode: error: setting 'batch_size': "
+                                                           "expected an integer >= 1, found 0"),
+    ("encode", ["run"], "python -m codaar.encode: error: setting 'out': expected a string, found no value (it is "
+                        "required)"),
+    ("data synth", ["synth", "out", "--preset", "nope"], "python -m codaar.data: error: setting 'preset': expected "
+                                                         "one of avvp, default, hard, paper, found 'nope'"),
+    ("data synth", ["synth", "out", "--num-val", "-1"], "setting 'num_val': expected an integer >= 0, found -1"),
+    ("data import-official", ["import-official", "out", "--meta", "m.csv"], "python -m codaar.data: error: setting "
+                                                                           "'audio_dir': expected a string, found no "
+                                                                           "value (it is required)"),
+    ("data import-official", ["import-official", "out", "--segments", "ten"], "python -m codaar.data import-official: "
+                                                                              "error: argument --segments: setting "
+                                                                              "'segments': expected an integer >= 1"),
+    ("data extract", ["extract", "out", "in.mp4", "--window", "middle"], "python -m codaar.data: error: setting "
+                                                                         "'window': expected one of first, centre, "
+                                                                         "every, found 'middle'"),
+]
+
+
+@pytest.mark.parametrize("program, args, message", BAD_SETTINGS, ids=[f"{p}:{a[-1]}" for p, a, _ in BAD_SETTINGS])
+def test_a_bad_setting_is_one_line_naming_it_in_every_program(program, args, message, tmp_path, capsys,
+                                                              monkeypatch):
+    from codaar import ablate
+    from codaar.data.__main__ import main as data_main
+    from codaar.encode.__main__ import main as encode_main
+    from codaar.evaluate.__main__ import main as evaluate_main
+    from codaar.train import main as train_main
+
+    mains = {"train": train_main, "evaluate": evaluate_main, "ablate": ablate.main, "encode": encode_main,
+             "data": data_main, "evaluate baselines": lambda argv: evaluate_main(["baselines", *argv])}
+    monkeypatch.chdir(tmp_path)
+    try:
+        status = mains.get(program, mains[program.split()[0]])(args)
+    except SystemExit as exited:
+        status = exited.code
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and message in err, err
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
 
 
 def test_configs_compose_and_flat_names_route_to_their_level():
@@ -133,7 +254,7 @@ def test_bad_values_in_a_config_file_and_type_errors(tmp_path):
         with pytest.raises(ValueError) as raised:
             config_from_args(["--config", str(path)])
         assert f"--config {path}" in str(raised.value) and message in str(raised.value), str(raised.value)
-    for kind, values in [(int, {"num_codes": 2.5}), (float, {"lr": True}), (bool, {"dta": "yes"})]:
+    for values in ({"num_codes": 2.5}, {"lr": True}, {"dta": "yes"}):  # a float for an int, a bool for a float, ...
         with pytest.raises(SettingsError):
             TrainConfig(**values)
     with pytest.raises(SettingsError):  # the library raises; only the command line exits

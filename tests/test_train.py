@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from codaar.run_folder import checkpoint as ckpt
+from codaar.run_folder.metrics_log import read_metrics
 from codaar.train import main
 from codaar.train.config import build_parser, parse_config
 
@@ -130,8 +131,7 @@ def test_float32_tracks_float64(tmp_path):
     args = TINY + ["--epochs", "2", "--modalities", "video,audio", "--dropout", "0"]
     main(args + ["--out", str(tmp_path / "f32")])
     main(args + ["--out", str(tmp_path / "f64"), "--float64"])
-    read = lambda run: [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    f32, f64 = read(tmp_path / "f32"), read(tmp_path / "f64")
+    f32, f64 = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("f32", "f64"))
     assert len(f32) == len(f64) == 12
     for a, b in zip(f32, f64):
         assert abs(a["loss"] - b["loss"]) <= 1e-4 * abs(b["loss"]), (a["step"], a["loss"], b["loss"])

@@ -36,7 +36,7 @@ def test_a_folder_of_videos_becomes_a_model_and_its_codes(tmp_path, capsys):
     # python -m codaar.data extract DATA VIDEOS --captions CSV --labels CSV ...
     assert data_main(["extract", str(data_dir), str(videos), "--captions", str(captions), "--labels", str(labels),
                       "--random-weights", "--segments", "4", "--frame-size", "32", "--video-pooling", "mean",
-                      "--text-dim", "32", "--quiet"]) == 0
+                      "--text-dim", "32", "--no-progress"]) == 0
     data = load_dataset(data_dir)
     assert data.text_kind == "per-clip" and data.num_clips == len(names) and data.class_names == ["bell", "dog"]
     mask = np.asarray(data.clip_text_mask)
@@ -55,7 +55,7 @@ def test_a_folder_of_videos_becomes_a_model_and_its_codes(tmp_path, capsys):
     assert set(result["clean"]["ave"]["text"]) == {"video", "audio", "text"}
     assert result["retrieval"]["text->audio"]["relevance"] == "instance"  # per-clip captions: the clip itself
     # python -m codaar.encode RUN --out CODES (the data the run was trained on)
-    manifest = encode_main([str(run), "--out", str(codes), "--quiet"])
+    manifest = encode_main([str(run), "--out", str(codes), "--no-progress"])
     assert manifest["data"]["folder"] == str(data_dir.resolve()) and manifest["clips"] == len(names)
     assert list(np.load(codes / "clip_ids.npy")) == list(data.clip_ids)
     assert np.array_equal(np.load(codes / "text_mask.npy"), mask)

@@ -21,7 +21,6 @@ from .synthetic import PRESETS, SyntheticConfig, build_synthetic, synthetic_conf
 from .text import BertTextFeaturizer, HashedTextFeaturizer, caption_tokens, make_text_featurizer, prompt_table
 
 
-
 def __getattr__(name):
     # The torch-based loader is imported on first use: the CLI and numpy-only users skip torch's import time.
     if name in ("TriModalDataset", "make_dataloader"):

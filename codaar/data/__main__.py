@@ -3,17 +3,84 @@ extract features from media files. (A data set's reference baselines: ``python -
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from codaar.settings import (
+    CommandLineParser,
+    SettingsError,
+    add_settings,
+    deprecated_flag,
+    nested,
+    progress_setting,
+    setting,
+    settings,
+    settings_from_args,
+)
+
 from .errors import DataFormatError
 from .extract import cli as extract_cli
-from .flags import add_synthetic_flags, parse_shape, synthetic_config_of
+from .extract.settings import TEXT_FEATURIZERS
+from .flags import SyntheticSettings
 from .format import load_dataset, read_manifest
 from .synthetic import write_synthetic
+
+
+@settings
+class SynthCommand:
+    """Every option of `python -m codaar.data synth OUT`."""
+
+    synthetic: SyntheticSettings = nested(SyntheticSettings, "the built-in data set")
+    overwrite: bool = setting(False, "replace OUT if it exists")
+    progress: bool = progress_setting()
+
+
+@settings
+class InspectCommand:
+    """Every option of `python -m codaar.data inspect DIR`."""
+
+    finite_check: bool = setting(True, "scan every feature for NaN/Inf (--no-finite-check: skip the full scan)")
+
+
+@settings
+class ImportCommand:
+    """Every option of `python -m codaar.data import-official OUT`."""
+
+    meta: str = setting(None, "CSV with columns category,video_id,split", metavar="CSV")
+    audio_dir: str = setting(None, "folder of <video_id>.zip audio features [T,128]", metavar="DIR")
+    video_dir: str = setting(None, "folder of <video_id>.zip video features [T,7,7,512]", metavar="DIR")
+    prompts: str = setting(None, "CSV with columns label,prompt", metavar="CSV")
+    categories: str | None = setting(None, "class list, one per line (order = class id; none: the sorted meta "
+                                     "categories)", metavar="FILE")
+    audio_shape: tuple[int, ...] = setting((128,), "audio features per segment", at_least=1, metavar="D")
+    video_shape: tuple[int, ...] = setting((7, 7, 512), "video features per segment: D or H,W,C", at_least=1,
+                                           metavar="D|H,W,C")
+    segments: int = setting(10, "segments per clip; shorter clips repeat their last row, longer ones are truncated",
+                            at_least=1)
+    ave_labels: str | None = setting(None, "AVE Annotations.txt (Category&VideoID&Quality&StartTime&EndTime) -> "
+                                     "[10, C+1] labels", metavar="FILE")
+    avvp_audio: str | None = setting(None, "AVVP audio label CSV (filename, onset, offset, event_labels)",
+                                     metavar="CSV")
+    avvp_visual: str | None = setting(None, "AVVP visual label CSV (same columns)", metavar="CSV")
+    avvp_categories: str | None = setting(None, "AVVP_Categories.txt (order = class id); needed with --avvp-*",
+                                          metavar="FILE")
+    text_featurizer: str = setting("hashed", "hashed: offline deterministic word-hash embeddings; bert: a local "
+                                   "bert-base-uncased via transformers (never downloaded)", choices=TEXT_FEATURIZERS)
+    text_dim: int = setting(768, "width of the hashed text embeddings", at_least=1)
+    bert_path: str | None = setting(None, "folder of a saved BERT model (for --text-featurizer bert)", metavar="DIR")
+    bert_keep_ids: str | None = setting(None, "JSON list/dict of BERT token ids to keep (the authors' cnt_new.pkl, "
+                                        "converted)", metavar="FILE")
+    skip_missing: bool = setting(False, "leave out clips whose zip files are missing instead of failing")
+    overwrite: bool = setting(False, "replace OUT if it exists")
+    progress: bool = progress_setting()
+
+    def __post_init__(self) -> None:
+        self.validate_fields()
+        for name in ("audio_shape", "video_shape"):
+            if not getattr(self, name):
+                raise SettingsError(name, "a shape such as 128 or 7,7,512", "")
 
 
 def _add_synth(sub):
@@ -21,16 +88,16 @@ def _add_synth(sub):
                        description="Generate the built-in tri-modal data set from a seed and write it in the "
                                    "project's format (same seed and options -> identical files).")
     p.add_argument("out", type=Path, help="output folder (must not exist unless --overwrite)")
-    add_synthetic_flags(p)
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_settings(p, SynthCommand)
+    deprecated_flag(p, "--quiet", "progress", False, "--no-progress")
 
 
 def _add_inspect(sub):
     p = sub.add_parser("inspect", help="print a summary of a data set folder",
-                       description="Check a data set folder (manifest, shapes, dtypes, file sizes) and print a summary.")
+                       description="Check a data set folder (manifest, shapes, dtypes, file sizes) and print a "
+                                   "summary.")
     p.add_argument("dir", type=Path, help="data set folder")
-    p.add_argument("--no-finite-check", action="store_true", help="skip the full NaN/Inf scan of the features")
+    add_settings(p, InspectCommand)
 
 
 def _add_import(sub):
@@ -39,27 +106,12 @@ def _add_import(sub):
                                    "CSV, optional AVE/AVVP labels) into the project's format. Pickles are read with "
                                    "an allow-list unpickler (numpy arrays only). OUT appears only if all succeeds.")
     p.add_argument("out", type=Path, help="output folder (must not exist unless --overwrite)")
-    p.add_argument("--meta", type=Path, required=True, help="CSV with columns category,video_id,split")
-    p.add_argument("--audio-dir", type=Path, required=True, help="folder of <video_id>.zip audio features [T,128]")
-    p.add_argument("--video-dir", type=Path, required=True, help="folder of <video_id>.zip video features [T,7,7,512]")
-    p.add_argument("--prompts", type=Path, required=True, help="CSV with columns label,prompt")
-    p.add_argument("--categories", type=Path, help="class list, one per line (order = class id; default: sorted meta categories)")
-    p.add_argument("--audio-shape", type=parse_shape, default=(128,), help="audio features per segment (default 128)")
-    p.add_argument("--video-shape", type=parse_shape, default=(7, 7, 512), help="video features per segment (default 7,7,512)")
-    p.add_argument("--segments", type=int, default=10, help="segments per clip; shorter clips repeat their last row, longer ones are truncated")
-    p.add_argument("--ave-labels", type=Path, help="AVE Annotations.txt (Category&VideoID&Quality&StartTime&EndTime) -> [10, C+1] labels")
-    p.add_argument("--avvp-audio", type=Path, help="AVVP audio label CSV (filename, onset, offset, event_labels)")
-    p.add_argument("--avvp-visual", type=Path, help="AVVP visual label CSV (same columns)")
-    p.add_argument("--avvp-categories", type=Path, help="AVVP_Categories.txt (order = class id); needed with --avvp-*")
-    p.add_argument("--text-featurizer", choices=("hashed", "bert"), default="hashed",
-                   help="hashed: offline deterministic word-hash embeddings (default); bert: a local bert-base-uncased "
-                        "via transformers (never downloaded)")
-    p.add_argument("--text-dim", type=int, default=768, help="width of the hashed text embeddings (default 768)")
-    p.add_argument("--bert-path", type=Path, help="folder of a saved BERT model (for --text-featurizer bert)")
-    p.add_argument("--bert-keep-ids", type=Path, help="JSON list/dict of BERT token ids to keep (the authors' cnt_new.pkl, converted)")
-    p.add_argument("--skip-missing", action="store_true", help="leave out clips whose zip files are missing instead of failing")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_settings(p, ImportCommand)
+    deprecated_flag(p, "--quiet", "progress", False, "--no-progress")
+
+
+COMMANDS = {"synth": SynthCommand, "inspect": InspectCommand, "import-official": ImportCommand,
+            "extract": extract_cli.ExtractCommand}
 
 
 def _print_summary(root: Path, finite: bool) -> None:
@@ -91,24 +143,29 @@ def _print_summary(root: Path, finite: bool) -> None:
     print("finite check: " + ("passed" if finite else "skipped"))
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m codaar.data", description=__doc__)
+def build_parser() -> CommandLineParser:
+    parser = CommandLineParser(prog="python -m codaar.data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_synth(sub)
     _add_inspect(sub)
     _add_import(sub)
     extract_cli.add_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
+        command = settings_from_args(COMMANDS[args.command], args)  # a bad setting stops here (a ValueError)
         if args.command == "synth":
-            data = write_synthetic(args.out, synthetic_config_of(args), overwrite=args.overwrite,
-                                   progress=not args.quiet)
+            data = write_synthetic(args.out, command.synthetic.config(), overwrite=command.overwrite,
+                                   progress=command.progress)
             print(f"wrote {args.out}\n{data.summary()}")
         elif args.command == "inspect":
-            _print_summary(args.dir, finite=not args.no_finite_check)
+            _print_summary(args.dir, finite=command.finite_check)
         elif args.command == "extract":
             try:
-                print(extract_cli.run(args))
+                print(extract_cli.run(args, command))
             except KeyboardInterrupt:
                 print(f"interrupted: rerun the same command to resume (work folder beside {args.out})", file=sys.stderr)
                 return 130
@@ -116,14 +173,16 @@ def main(argv=None) -> int:
             from .official_import import import_official
             from .text import make_text_featurizer
 
-            featurizer = make_text_featurizer(args.text_featurizer, dim=args.text_dim, max_tokens=args.segments,
-                                              bert_path=args.bert_path, keep_token_ids_json=args.bert_keep_ids)
-            data = import_official(args.meta, args.audio_dir, args.video_dir, args.prompts, args.out,
-                                   audio_shape=args.audio_shape, video_shape=args.video_shape, segments=args.segments,
-                                   categories_file=args.categories, text_featurizer=featurizer,
-                                   ave_annotations=args.ave_labels, avvp_audio_csv=args.avvp_audio,
-                                   avvp_visual_csv=args.avvp_visual, avvp_categories=args.avvp_categories,
-                                   skip_missing=args.skip_missing, overwrite=args.overwrite, progress=not args.quiet)
+            featurizer = make_text_featurizer(command.text_featurizer, dim=command.text_dim,
+                                              max_tokens=command.segments, bert_path=command.bert_path,
+                                              keep_token_ids_json=command.bert_keep_ids)
+            data = import_official(command.meta, command.audio_dir, command.video_dir, command.prompts, args.out,
+                                   audio_shape=command.audio_shape, video_shape=command.video_shape,
+                                   segments=command.segments, categories_file=command.categories,
+                                   text_featurizer=featurizer, ave_annotations=command.ave_labels,
+                                   avvp_audio_csv=command.avvp_audio, avvp_visual_csv=command.avvp_visual,
+                                   avvp_categories=command.avvp_categories, skip_missing=command.skip_missing,
+                                   overwrite=command.overwrite, progress=command.progress)
             print(f"wrote {args.out}\n{data.summary()}")
     except (DataFormatError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"python -m codaar.data: error: {exc}", file=sys.stderr)

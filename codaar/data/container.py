@@ -193,7 +193,8 @@ def validate(data: TriModalData, files: dict[str, object] | None = None, finite:
 
     expect_features("audio", data.audio, 3)
     if data.audio.ndim != 3:
-        raise DataFormatError(where("audio"), "audio", "shape [clips, segments, features]", f"shape {tuple(data.audio.shape)}")
+        raise DataFormatError(where("audio"), "audio", "shape [clips, segments, features]",
+                              f"shape {tuple(data.audio.shape)}")
     expect_features("video", data.video, 3)
     n, t = data.audio.shape[:2]
     if data.video.shape[0] != n:
@@ -236,14 +237,16 @@ def validate(data: TriModalData, files: dict[str, object] | None = None, finite:
             raise DataFormatError(where("manifest"), f"label_classes.{name}", "column names for the label set", "none")
         if not isinstance(arr, np.ndarray) or arr.shape != (n, t, len(columns)):
             found = f"shape {tuple(getattr(arr, 'shape', ()))}"
-            raise DataFormatError(where(key), key, f"shape ({n}, {t}, {len(columns)}) [clips, segments, classes+background]", found)
+            raise DataFormatError(where(key), key,
+                                  f"shape ({n}, {t}, {len(columns)}) [clips, segments, classes+background]", found)
         if n and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1):
             raise DataFormatError(where(key), key, "values in [0, 1]", f"range [{np.nanmin(arr)}, {np.nanmax(arr)}]")
 
     for name, idx in data.splits.items():
         key = f"splits.{name}"
         if not isinstance(idx, np.ndarray) or idx.ndim != 1 or idx.dtype.kind not in "iu":
-            raise DataFormatError(where(key), key, "1-D integer clip indices", f"{getattr(idx, 'dtype', type(idx).__name__)} {getattr(idx, 'shape', '')}")
+            raise DataFormatError(where(key), key, "1-D integer clip indices",
+                                  f"{getattr(idx, 'dtype', type(idx).__name__)} {getattr(idx, 'shape', '')}")
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise DataFormatError(where(key), key, f"clip indices in [0, {n})", f"range [{idx.min()}, {idx.max()}]")
 

@@ -206,7 +206,8 @@ def _read_manifest(root: Path) -> dict:
         raise DataFormatError(
             path, "schema_version",
             f"{' or '.join(map(str, READABLE_SCHEMA_VERSIONS))} (the versions this codaar reads)",
-            repr(manifest.get("schema_version")), hint="unknown schema version; convert the data with a matching codaar",
+            repr(manifest.get("schema_version")),
+            hint="unknown schema version; convert the data with a matching codaar",
         )
     required = {"num_clips": int, "segments": int, "class_names": list, "prompts": list, "arrays": dict,
                 "splits": dict}
@@ -285,7 +286,8 @@ def load_dataset(root, mmap: bool = True, check_finite: bool = True) -> TriModal
             raise DataFormatError(manifest_path, field_name, "an object with 'file', 'shape', 'dtype'", repr(entry))
         path = root / entry["file"]
         if root.resolve() not in path.resolve().parents:
-            raise DataFormatError(manifest_path, f"{field_name}.file", "a path inside the data set folder", entry["file"])
+            raise DataFormatError(manifest_path, f"{field_name}.file", "a path inside the data set folder",
+                                  entry["file"])
         files[field_name] = path
         return open_npy(path, field_name, entry, mmap=mmap)
 

@@ -22,8 +22,9 @@ class TriModalDataset(Dataset):
     """Clips of one split. Each item is a dict of tensors:
 
     ``index`` (int64 clip index), ``audio`` [T, Da], ``video`` [T, *Sv], ``text`` [L, Dt] with
-    ``text_mask`` [L] bool (True = real token; all True for class prompts), ``category`` (int64), and, with ``with_labels``, ``labels`` [T, K+1] (the shared set) plus
-    ``labels_audio`` / ``labels_video`` when the data set has per-modality labels.
+    ``text_mask`` [L] bool (True = real token; all True for class prompts), ``category`` (int64),
+    and, with ``with_labels``, ``labels`` [T, K+1] (the shared set) plus ``labels_audio`` /
+    ``labels_video`` when the data set has per-modality labels.
     Features come as float32 (the trainer casts if it wants float64).
     """
 

@@ -55,7 +55,8 @@ def read_zipped_array(path) -> np.ndarray:
             raise DataFormatError(path, "zip members", "a member whose name contains '.pkl'", f"members {names}")
         member = members[-1]  # the authors' loaders overwrite on each .pkl member: the last wins
         if member.file_size > MAX_MEMBER_BYTES:
-            raise DataFormatError(path, member.filename, f"at most {MAX_MEMBER_BYTES} bytes", f"{member.file_size} bytes")
+            raise DataFormatError(path, member.filename, f"at most {MAX_MEMBER_BYTES} bytes",
+                                  f"{member.file_size} bytes")
         try:
             payload = archive.read(member)
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
@@ -140,13 +141,15 @@ def read_ave_annotations(path, class_names: list[str], clip_ids: list[str], segm
         if fields[0] == "Category" and line_no == 1:
             continue  # header
         if len(fields) != 5:
-            raise DataFormatError(path, f"line {line_no}", "5 '&'-separated fields (Category&VideoID&Quality&StartTime&EndTime)",
+            raise DataFormatError(path, f"line {line_no}",
+                                  "5 '&'-separated fields (Category&VideoID&Quality&StartTime&EndTime)",
                                   f"{len(fields)} fields")
         category, video_id, _, start, end = fields
         try:
             triple = (int(float(start)), int(float(end)), category)
         except ValueError:
-            raise DataFormatError(path, f"line {line_no} StartTime/EndTime", "numbers of seconds", f"{start!r}, {end!r}") from None
+            raise DataFormatError(path, f"line {line_no} StartTime/EndTime", "numbers of seconds",
+                                  f"{start!r}, {end!r}") from None
         if category not in class_index:
             raise DataFormatError(path, f"line {line_no} Category", "a category of the meta CSV", repr(category))
         events.setdefault(video_id, []).append(triple)
@@ -176,8 +179,8 @@ def read_avvp_labels(path, classes: list[str], clip_ids: list[str], segments: in
         triples = parse_event_row(row["onset"], row["offset"], row["event_labels"], path, line)
         for triple in triples:
             if triple[2] not in class_index:
-                raise DataFormatError(path, f"line {line} event_labels", f"a class of the AVVP class list ({len(classes)})",
-                                      repr(triple[2]))
+                raise DataFormatError(path, f"line {line} event_labels",
+                                      f"a class of the AVVP class list ({len(classes)})", repr(triple[2]))
         events.setdefault(clip, []).extend(triples)
     labels = np.zeros((len(clip_ids), segments, len(classes) + 1), np.float32)
     labels[..., -1] = 1.0
@@ -210,7 +213,8 @@ def import_official(meta_csv, audio_dir, video_dir, prompts_csv, out, *, audio_s
         raise DataFormatError(meta_csv, "rows", "at least one clip", "none")
     for directory, name in ((audio_dir, "audio"), (video_dir, "video")):
         if not directory.is_dir():
-            raise DataFormatError(directory, f"{name} feature folder", "a folder of <video_id>.zip files", "no such folder")
+            raise DataFormatError(directory, f"{name} feature folder", "a folder of <video_id>.zip files",
+                                  "no such folder")
 
     seen: dict[str, int] = {}
     for line, row in rows:
@@ -219,13 +223,15 @@ def import_official(meta_csv, audio_dir, video_dir, prompts_csv, out, *, audio_s
                                   f"{row['video_id']!r} again (first on line {seen[row['video_id']]})")
         seen[row["video_id"]] = line
         if not _SPLIT_NAME.match(row["split"]):
-            raise DataFormatError(meta_csv, f"line {line} split", "a name of letters, digits, '_' or '-'", repr(row["split"]))
+            raise DataFormatError(meta_csv, f"line {line} split", "a name of letters, digits, '_' or '-'",
+                                  repr(row["split"]))
 
     # Missing feature files are found up front, so the output can be allocated at its final size.
     missing = []
     kept = []
     for line, row in rows:
-        absent = [d / f"{row['video_id']}.zip" for d in (audio_dir, video_dir) if not (d / f"{row['video_id']}.zip").is_file()]
+        absent = [d / f"{row['video_id']}.zip" for d in (audio_dir, video_dir)
+                  if not (d / f"{row['video_id']}.zip").is_file()]
         if absent and not skip_missing:
             modality = "audio" if absent[0].parent == audio_dir else "video"
             raise DataFormatError(absent[0], f"{modality} features of {row['video_id']} (meta line {line})",

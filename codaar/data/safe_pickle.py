@@ -60,7 +60,8 @@ def load_array(data: bytes, source: str = "<bytes>") -> np.ndarray:
     except DataFormatError:
         raise
     except Exception as exc:  # truncated or garbled pickles raise many different types
-        raise DataFormatError(source, "pickle", "a pickled numpy array", f"unreadable pickle ({type(exc).__name__}: {exc})") from None
+        raise DataFormatError(source, "pickle", "a pickled numpy array",
+                              f"unreadable pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, np.ndarray):
         raise DataFormatError(source, "pickle", "a numpy array", type(obj).__name__)
     if obj.dtype.kind not in "fiub":

@@ -84,13 +84,12 @@ class BertTextFeaturizer:
                 "e.g. a saved bert-base-uncased); models are never downloaded at run time"
             )
         try:
-            import transformers  # noqa: F401  (optional dependency)
+            from transformers import AutoModel, AutoTokenizer  # an optional dependency
         except ImportError:
             raise RuntimeError(
                 "the 'bert' text featurizer needs the optional package 'transformers' "
                 "(pip install transformers); or use the default offline featurizer (--text-featurizer hashed)"
             ) from None
-        from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval().to(device)
@@ -105,7 +104,8 @@ class BertTextFeaturizer:
         with torch.no_grad():
             hidden = self.model(**encoded).last_hidden_state[0, 1:-1].double().cpu().numpy()
         ids = encoded["input_ids"][0, 1:-1].cpu().tolist()
-        keep = [i for i, tok in enumerate(ids) if tok != 0 and (self.keep_token_ids is None or tok in self.keep_token_ids)]
+        keep = [i for i, tok in enumerate(ids)
+                if tok != 0 and (self.keep_token_ids is None or tok in self.keep_token_ids)]
         keep = keep[: self.max_tokens]
         out = np.zeros((self.max_tokens, self.dim), dtype=np.float32)
         out[: len(keep)] = hidden[keep]

@@ -11,34 +11,49 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from codaar.encode.export import EncodeError, EncodeSettings, encode_dataset
-from codaar.settings import SettingsError, add_flags, declared
+from codaar.settings import (
+    CommandLineParser,
+    add_settings,
+    deprecated_flag,
+    nested,
+    parse_settings,
+    progress_setting,
+    setting,
+    settings,
+)
+
+
+@settings
+class EncodeCommand:
+    """Every option of `python -m codaar.encode`: what is encoded (`EncodeSettings`, recorded in the
+    manifest) and where it goes."""
+
+    encode: EncodeSettings = nested(EncodeSettings, "what is encoded, and how")
+    out: str = setting(None, "output folder (must not exist unless --overwrite)", metavar="DIR")
+    overwrite: bool = setting(False, "replace --out if it exists")
+    progress: bool = progress_setting()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m codaar.encode", description=__doc__.split("\n\n")[0])
+    parser = CommandLineParser(prog="python -m codaar.encode", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", metavar="RUN", help="a run folder (its newest checkpoint) or a checkpoint folder")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (must not exist unless --overwrite)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_flags(parser, EncodeSettings)
+    add_settings(parser, EncodeCommand)
+    deprecated_flag(parser, "--quiet", "progress", False, "--no-progress")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    given = {name: value for name, value in vars(args).items() if name in declared(EncodeSettings)}
+    command, args = parse_settings(build_parser(), EncodeCommand, argv)
     try:
-        settings = EncodeSettings(**given)
-        manifest = encode_dataset(args.checkpoint, args.out, settings, overwrite=args.overwrite,
-                                  progress=not args.quiet)
-    except (EncodeError, SettingsError, FileExistsError) as exc:
+        manifest = encode_dataset(args.checkpoint, command.out, command.encode, overwrite=command.overwrite,
+                                  progress=command.progress)
+    except (EncodeError, FileExistsError) as exc:
         print(f"python -m codaar.encode: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     written = ", ".join(manifest["written"])
-    print(f"wrote {args.out}: {manifest['clips']} clips x {manifest['segments']} steps, "
+    print(f"wrote {command.out}: {manifest['clips']} clips x {manifest['segments']} steps, "
           f"{'/'.join(manifest['modalities'])} ({written}), K={manifest['num_codes']}, "
           f"checkpoint {manifest['checkpoint']['folder']} (step {manifest['checkpoint']['step']})")
     return manifest

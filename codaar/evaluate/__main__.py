@@ -19,59 +19,85 @@ baselines, without a checkpoint (`codaar.evaluate.baselines`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from codaar.data import DataFormatError, build_synthetic, load_dataset
-from codaar.data.flags import add_synthetic_flags, synthetic_config_of
+from codaar.data.flags import SyntheticSettings
+from codaar.data.synthetic import PRESETS as DATA_PRESETS
 from codaar.evaluate.baselines import BaselineSettings, markdown, run_baselines
 from codaar.evaluate.curve import transfer_curve
 from codaar.evaluate.errors import EvaluationError
 from codaar.evaluate.protocols import AVE_DEFAULTS, AVVP_DEFAULTS, PROTOCOLS
 from codaar.evaluate.run import TASKS, evaluate
+from codaar.settings import CommandLineParser, add_settings, nested, parse_settings, setting, settings
 
 BASELINES = "baselines"  # the subcommand; any other first argument is a checkpoint
+_HEAD_EPOCHS = "head epochs (official: the authors' n_epoch; head epochs = n_epoch - checkpoint epoch - 1)"
+
+
+@settings
+class EvaluateCommand:
+    """Every option of `python -m codaar.evaluate CHECKPOINT`."""
+
+    data: str | None = setting(None, "data folder in the project's format (none: the built-in data set the "
+                               "checkpoint was pretrained on, from its config)", metavar="DIR")
+    data_preset: str | None = setting(None, "built-in data set preset instead (none: the checkpoint's)",
+                                      choices=tuple(DATA_PRESETS))
+    data_seed: int | None = setting(None, "seed of the built-in data set (none: the checkpoint's)", at_least=0)
+    protocol: str = setting("clean", "clean, official (the authors' scripts as coded) or both (see "
+                            "codaar/evaluate/protocols.py)", choices=(*PROTOCOLS, "both"))
+    tasks: tuple[str, ...] = setting(TASKS, "the protocols to run", choices=TASKS)
+    head_input: str = setting("row", "row: full codebook row at the modality's own index (authors); code: own "
+                              "codeword (clean only)", choices=("row", "code"))
+    ave_lr: float = setting(AVE_DEFAULTS.lr, "learning rate of the AVE head", above=0)
+    ave_batch_size: int = setting(AVE_DEFAULTS.batch_size, "batch size of the AVE head", at_least=1)
+    ave_epochs: int = setting(AVE_DEFAULTS.epochs, "AVE " + _HEAD_EPOCHS, at_least=1)
+    avvp_lr: float = setting(AVVP_DEFAULTS.lr, "learning rate of the AVVP head", above=0)
+    avvp_batch_size: int = setting(AVVP_DEFAULTS.batch_size, "batch size of the AVVP head", at_least=1)
+    avvp_epochs: int = setting(AVVP_DEFAULTS.epochs, "AVVP " + _HEAD_EPOCHS, at_least=1)
+    transfer_data: str | None = setting(None, "cross-dataset: score on this data folder (data set B)", metavar="DIR")
+    transfer_preset: str | None = setting(None, "cross-dataset: score on this built-in preset (data set B)",
+                                          choices=tuple(DATA_PRESETS))
+    transfer_seed: int | None = setting(None, "seed of the built-in data set B (none: 0)", at_least=0)
+    class_map: str | None = setting(None, "JSON or CSV: class name in the training data -> class name in data set B",
+                                    metavar="FILE")
+    out: str | None = setting(None, "output folder (none: <run folder>/eval)", metavar="DIR")
+    plots: bool = setting(True, "write the PNG plots")
+    name: str | None = setting(None, "row label in the tables (none: the run folder's name)")
+    threads: int | None = setting(None, "torch CPU threads (none: torch's default)", at_least=1)
+    curve: bool = setting(False, "score every saved checkpoint of the run (clean protocol, --tasks, every "
+                          "cross-modal direction) and plot transfer, codebook usage and index agreement against "
+                          "the step; tables give the steps to reach 95% of the final transfer (curve.md)")
+    curve_every: int = setting(1, "with --curve: every Nth checkpoint (and the last)", at_least=1)
+
+
+@settings
+class BaselinesCommand:
+    """Every option of `python -m codaar.evaluate baselines`."""
+
+    data: str | None = setting(None, "a data set folder instead of the built-in preset", metavar="DIR")
+    synthetic: SyntheticSettings = nested(SyntheticSettings, "the built-in data set, without --data")
+    out: str | None = setting(None, "write OUT.json and OUT.md (a .json/.md suffix is dropped; none: print only)",
+                              metavar="OUT")
+    head_lr: float = setting(BaselineSettings().head.lr, "learning rate of the AVE head", above=0)
+    head_epochs: int = setting(BaselineSettings().head.epochs, "epochs of the AVE head", at_least=1)
+    threads: int = setting(1, "torch CPU threads (1: tiny heads run slower on more threads of a busy machine)",
+                           at_least=1)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m codaar.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog=f"A data set's reference baselines, without a checkpoint: python -m "
-                                       f"codaar.evaluate {BASELINES} --help (a run folder named {BASELINES}: "
-                                       f"./{BASELINES}).")
+    p = CommandLineParser(prog="python -m codaar.evaluate", description=__doc__.split("\n\n")[0],
+                          epilog=f"A data set's reference baselines, without a checkpoint: python -m "
+                                 f"codaar.evaluate {BASELINES} --help (a run folder named {BASELINES}: "
+                                 f"./{BASELINES}).")
     p.add_argument("checkpoint", help="a run folder (uses checkpoints/latest) or a checkpoint folder")
-    p.add_argument("--data", help="data folder in the project's format (default: the built-in data set the "
-                   "checkpoint was pretrained on, from its config)")
-    p.add_argument("--data-preset", help="built-in data set preset instead (default|paper|avvp)")
-    p.add_argument("--data-seed", type=int, help="seed of the built-in data set (default: the checkpoint's)")
-    p.add_argument("--protocol", default="clean", choices=PROTOCOLS + ("both",))
-    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ",".join(TASKS))
-    p.add_argument("--head-input", default="row", choices=("row", "code"),
-                   help="row: full codebook row at the modality's own index (authors); code: own codeword "
-                   "(clean only)")
-    for task, d in (("ave", AVE_DEFAULTS), ("avvp", AVVP_DEFAULTS)):
-        p.add_argument(f"--{task}-lr", type=float, default=d.lr)
-        p.add_argument(f"--{task}-batch-size", type=int, default=d.batch_size)
-        p.add_argument(f"--{task}-epochs", type=int, default=d.epochs,
-                       help="official: the authors' n_epoch (head epochs = n_epoch - checkpoint epoch - 1)")
-    p.add_argument("--transfer-data", help="cross-dataset: score on this data folder (data set B)")
-    p.add_argument("--transfer-preset", help="cross-dataset: score on this built-in preset (data set B)")
-    p.add_argument("--transfer-seed", type=int, help="seed of the built-in data set B")
-    p.add_argument("--class-map", help="JSON or CSV: class name in the training data -> class name in data set B")
-    p.add_argument("--out", default=None, help="output folder (default: <run folder>/eval)")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--name", help="row label in the tables (default: the run folder's name)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--curve", action="store_true", help="score every saved checkpoint of the run (clean protocol, "
-                   "--tasks, every cross-modal direction) and plot transfer, codebook usage and index agreement "
-                   "against the step; tables give the steps to reach 95%% of the final transfer (curve.md)")
-    p.add_argument("--curve-every", type=int, default=1, metavar="N", help="with --curve: every Nth checkpoint "
-                   "(and the last)")
+    add_settings(p, EvaluateCommand)
     return p
 
 
@@ -79,79 +105,67 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == [BASELINES]:
         return baselines(argv[1:])
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
-    out = Path(args.out) if args.out else None
+    command, args = parse_settings(build_parser(), EvaluateCommand, argv)
+    if command.threads:
+        torch.set_num_threads(command.threads)
+    protocols = PROTOCOLS if command.protocol == "both" else (command.protocol,)
+    out = Path(command.out) if command.out else None
     if out is None:
         ckpt_path = Path(args.checkpoint)
         out = (ckpt_path if (ckpt_path / "config.json").is_file() else ckpt_path.parent.parent) / "eval"
     try:
-        result = run_cli(args, protocols, out)
+        result = run_cli(args.checkpoint, command, protocols, out)
     except EvaluationError as exc:
         print(f"python -m codaar.evaluate: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    report = out / ("curve.md" if args.curve else "tables.md")
+    report = out / ("curve.md" if command.curve else "tables.md")
     print(report.read_text())
-    print(f"written: {report}, {report.with_suffix('.json').name}" + ("" if args.no_plots else ", *.png"))
+    print(f"written: {report}, {report.with_suffix('.json').name}" + (", *.png" if command.plots else ""))
     return result
 
 
-def run_cli(args: argparse.Namespace, protocols: tuple[str, ...], out: Path) -> dict:
-    if args.curve:
-        if args.curve_every < 1:
-            raise EvaluationError(f"--curve-every: expected an integer >= 1, found {args.curve_every}")
-        curve = transfer_curve(args.checkpoint, every=args.curve_every, tasks=tuple(t for t in args.tasks.split(",")
-                                                                                   if t and t != "retrieval"),
-                               ave={"epochs": args.ave_epochs, "lr": args.ave_lr, "batch_size": args.ave_batch_size},
-                               avvp={"epochs": args.avvp_epochs, "lr": args.avvp_lr,
-                                     "batch_size": args.avvp_batch_size},
-                               out=out, plots=not args.no_plots, log=lambda s: print(s, file=sys.stderr))
-        return curve
+def run_cli(checkpoint: str, command: EvaluateCommand, protocols: tuple[str, ...], out: Path) -> dict:
+    ave = {"lr": command.ave_lr, "batch_size": command.ave_batch_size, "epochs": command.ave_epochs}
+    avvp = {"lr": command.avvp_lr, "batch_size": command.avvp_batch_size, "epochs": command.avvp_epochs}
+    if command.curve:
+        return transfer_curve(checkpoint, every=command.curve_every,
+                              tasks=tuple(t for t in command.tasks if t != "retrieval"), ave=ave, avvp=avvp,
+                              out=out, plots=command.plots, log=lambda s: print(s, file=sys.stderr))
     return evaluate(
-        args.checkpoint, data=args.data, data_preset=args.data_preset, data_seed=args.data_seed, protocols=protocols,
-        tasks=tuple(t for t in args.tasks.split(",") if t), head_input=args.head_input,
-        ave={"lr": args.ave_lr, "batch_size": args.ave_batch_size, "epochs": args.ave_epochs},
-        avvp={"lr": args.avvp_lr, "batch_size": args.avvp_batch_size, "epochs": args.avvp_epochs},
-        transfer_data=args.transfer_data, transfer_preset=args.transfer_preset, transfer_seed=args.transfer_seed,
-        class_map=args.class_map, out=out, plots=not args.no_plots, name=args.name,
-        log=lambda s: print(s, file=sys.stderr))
+        checkpoint, data=command.data, data_preset=command.data_preset, data_seed=command.data_seed,
+        protocols=protocols, tasks=command.tasks, head_input=command.head_input, ave=ave, avvp=avvp,
+        transfer_data=command.transfer_data, transfer_preset=command.transfer_preset,
+        transfer_seed=command.transfer_seed, class_map=command.class_map, out=out, plots=command.plots,
+        name=command.name, log=lambda s: print(s, file=sys.stderr))
 
 
 def build_baselines_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m codaar.evaluate {BASELINES}",
-                                description="Score the reference baselines of a data set: within-modality ceiling, "
-                                            "random projection and linear CCA on the raw features "
-                                            "(codaar/evaluate/baselines.py), with the clean AVE protocol; prints a "
-                                            "markdown table, and with --out writes OUT.json and OUT.md.")
-    p.add_argument("--data", type=Path, help="a data set folder instead of the built-in preset")
-    add_synthetic_flags(p)
-    p.add_argument("--out", type=Path, help="write OUT.json and OUT.md (a .json/.md suffix is dropped)")
-    p.add_argument("--head-lr", type=float, help="learning rate of the AVE head (default 1e-2)")
-    p.add_argument("--head-epochs", type=int, help="epochs of the AVE head (default 100)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: tiny heads run slower "
-                                                         "on more threads of a busy machine)")
+    p = CommandLineParser(prog=f"python -m codaar.evaluate {BASELINES}",
+                          description="Score the reference baselines of a data set: within-modality ceiling, "
+                                      "random projection and linear CCA on the raw features "
+                                      "(codaar/evaluate/baselines.py), with the clean AVE protocol; prints a "
+                                      "markdown table, and with --out writes OUT.json and OUT.md.")
+    add_settings(p, BaselinesCommand)
     return p
 
 
 def baselines(argv: list[str]) -> dict:
     """`python -m codaar.evaluate baselines ...`: the report of `run_baselines`, printed as a table (and
     written to OUT.json / OUT.md with --out). A user error prints one line and exits with status 2."""
-    args = build_baselines_parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
+    command, _ = parse_settings(build_baselines_parser(), BaselinesCommand, argv)
+    torch.set_num_threads(command.threads)
     try:
-        data = load_dataset(args.data) if args.data is not None else build_synthetic(synthetic_config_of(args))
-        settings = BaselineSettings()
-        head = {k: v for k, v in (("lr", args.head_lr), ("epochs", args.head_epochs)) if v is not None}
-        settings = dataclasses.replace(settings, head=dataclasses.replace(settings.head, **head))
-        report = run_baselines(data, settings, log=lambda line: print(line, file=sys.stderr))
-        command = f"python -m codaar.evaluate {BASELINES} " + shlex.join(argv)
-        report["command"] = command
-        text = markdown(report, command)
+        data = load_dataset(command.data) if command.data is not None else build_synthetic(command.synthetic.config())
+        defaults = BaselineSettings()
+        chosen = replace(defaults, head=replace(defaults.head, lr=command.head_lr, epochs=command.head_epochs))
+        report = run_baselines(data, chosen, log=lambda line: print(line, file=sys.stderr))
+        line = f"python -m codaar.evaluate {BASELINES} " + shlex.join(argv)
+        report["command"] = line
+        text = markdown(report, line)
         print(text)
-        if args.out is not None:
-            stem = args.out.with_suffix("") if args.out.suffix in (".json", ".md") else args.out
+        if command.out is not None:
+            out = Path(command.out)
+            stem = out.with_suffix("") if out.suffix in (".json", ".md") else out
             stem.parent.mkdir(parents=True, exist_ok=True)
             stem.with_name(stem.name + ".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
             stem.with_name(stem.name + ".md").write_text(text, encoding="utf-8")

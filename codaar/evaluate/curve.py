@@ -77,7 +77,8 @@ def logged_health(run: Path, modalities) -> dict[str, list[float]]:
 
 def write_curve(curve: dict, out: Path, plots: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    header = ["step", "transfer"] + [k for k in curve["points"][0] if k not in ("step", "transfer")]  # per task, direction
+    # per task and direction
+    header = ["step", "transfer"] + [k for k in curve["points"][0] if k not in ("step", "transfer")]
     body = [[str(p["step"])] + [tables.fmt(p[k]) for k in header[1:]] for p in curve["points"]]
     text = tables.markdown(
         f"Cross-modal transfer over training ({curve['run']})", header, body,

@@ -33,7 +33,8 @@ def test_indices(pretrained, data) -> dict[str, np.ndarray]:
     from codaar.evaluate.features import code_features
 
     clips = np.asarray(data.split("test") if "test" in data.splits else np.arange(min(500, data.num_clips)))
-    return {m: code_features(pretrained.model, data, m, clips)["indices"].numpy().ravel() for m in pretrained.modalities}
+    return {m: code_features(pretrained.model, data, m, clips)["indices"].numpy().ravel()
+            for m in pretrained.modalities}
 
 
 def plot_usage(indices: dict[str, np.ndarray], num_codes: int, path: Path) -> Path:
@@ -53,7 +54,7 @@ def plot_usage(indices: dict[str, np.ndarray], num_codes: int, path: Path) -> Pa
     return _save(plt, fig, path)
 
 
-def _save(plt, fig, path: Path) -> Path:  # noqa: ANN001 (matplotlib objects)
+def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -91,7 +92,8 @@ def plot_health(metrics_path: Path, path: Path) -> Path | None:
     """Per modality over training: codes used within the last 100 updates, codes unused for more than
     the dead-code threshold, and the largest |codeword| entry (log scale: the authors' init explodes)."""
     records = read_metrics(metrics_path)
-    keys = sorted({k for r in records for k in r if k.startswith(("codes_recent/", "codes_dead/", "max_abs_codeword/"))})
+    keys = sorted({k for r in records for k in r
+                   if k.startswith(("codes_recent/", "codes_dead/", "max_abs_codeword/"))})
     if not keys:
         return None  # a run from before these metrics existed
     plt = _pyplot()

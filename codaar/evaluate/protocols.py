@@ -126,7 +126,8 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list
 
 
 def _train_epoch(task: Task, head: nn.Module, params: list, optimizer, loss_fn, modality: str, clips: np.ndarray,
-                 targets: torch.Tensor, settings: HeadSettings, generator: torch.Generator, cached: torch.Tensor | None):
+                 targets: torch.Tensor, settings: HeadSettings, generator: torch.Generator,
+                 cached: torch.Tensor | None):
     head.train()
     for batch in _batches(len(clips), settings.batch_size, generator):
         if cached is not None:

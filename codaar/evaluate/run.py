@@ -70,8 +70,9 @@ def label_mapping(a: TriModalData, b: TriModalData, mapping: dict[str, str] | No
         if list(a.class_names) != list(b.class_names):
             if set(a.class_names) != set(b.class_names):
                 raise EvaluationError("cross-dataset transfer: the class names of the two data sets differ "
-                                      f"(training data: {len(a.class_names)} classes, test data: {len(b.class_names)}); "
-                                      "give --class-map FILE (JSON or CSV: class in training data -> class in test data)")
+                                      f"(training data: {len(a.class_names)} classes, test data: "
+                                      f"{len(b.class_names)}); give --class-map FILE (JSON or CSV: class in training "
+                                      "data -> class in test data)")
         mapping = {name: name for name in a.class_names}
     a_index = {n: i for i, n in enumerate(a.class_names)}
     b_index = {n: i for i, n in enumerate(b.class_names)}

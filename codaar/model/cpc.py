@@ -130,7 +130,7 @@ def cpc_loss(
     for target, context, weight in pairs:
         valid_t, valid_c = target_valid.get(target), context_valid.get(context)
 
-        def at(k: int) -> torch.Tensor | None:
+        def at(k: int, valid_t: torch.Tensor | None = valid_t) -> torch.Tensor | None:
             return None if valid_t is None else valid_t[k]
 
         term = sum(pair_term(targets[target][k], predictions[context][k], variant, at(k), valid_c)

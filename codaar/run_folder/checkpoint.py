@@ -112,7 +112,7 @@ def clean_leftovers(run_dir: Path) -> list[Path]:
     """Remove what killed checkpoint writes leave (staging folders, pointer files); returns them.
     Only for a run folder this process holds the lock of (codaar.runtime.locks)."""
     root = Path(run_dir) / "checkpoints"
-    leftovers = [p for p in root.glob(".step-*")] + [p for p in root.glob(f".{LATEST}.tmp")]
+    leftovers = list(root.glob(".step-*")) + list(root.glob(f".{LATEST}.tmp"))
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     return leftovers

@@ -73,7 +73,8 @@ def init_from_env(device: str = "auto", timeout_s: float = 1800.0) -> ProcessGro
     its LOCAL_RANK). nccl with one GPU per process when CUDA is used, gloo on CPUs."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return ProcessGroup(device=torch.device(device if device.startswith("cuda:") else "cuda" if use_cuda else "cpu"))
+        single = device if device.startswith("cuda:") else "cuda" if use_cuda else "cpu"
+        return ProcessGroup(device=torch.device(single))
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
     if use_cuda:
         torch.cuda.set_device(local)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 def lazy_exports(package: str, names: Mapping[str, str]) -> Callable[[str], object]:
     """A module `__getattr__` that imports `names[name]` (a module path) when `name` is first used."""
 
-    def __getattr__(name: str) -> object:  # noqa: N807 (the module hook's name)
+    def __getattr__(name: str) -> object:
         if name in names:
             return getattr(importlib.import_module(names[name]), name)
         raise AttributeError(f"module {package!r} has no attribute {name!r}")

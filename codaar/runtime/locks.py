@@ -1,10 +1,14 @@
 """One writer per folder: an advisory lock file that dies with its process.
 
-`FolderLock(folder)` takes `folder/.lock` (`FileLock(path)` any lock file) with `fcntl.flock`: the kernel releases it when the holding
-process exits in any way (SIGKILL included), so a lock left by a killed run is simply taken over.
-The file also names its holder (pid, host, start time) for the message a second writer gets.
-flock is local to one machine: on shared network storage, where several nodes write the same
-folder, only the operating system's own NFS locking protects it (torchrun writes from rank 0 only).
+`FolderLock(folder)` takes `folder/.lock` (`FileLock(path)` any lock file) with `filelock` (on Unix an
+`fcntl.flock`): the kernel releases it when the holding process exits in any way (SIGKILL included),
+so a lock left by a killed run is simply taken over. filelock also checks that the file it locked is
+still the one at the path (a writer that removes its lock file after use cannot split the contenders
+over two files) and closes the descriptor in forked children, so a child cannot keep a dead parent's
+lock. The holder writes its pid, host and start time into the file as soon as it has the lock (a
+contender opens the file without truncating it), for the message a second writer gets. flock is
+local to one machine: on shared network storage, where several nodes write the same folder, only
+the operating system's own NFS locking protects it (torchrun writes from rank 0 only).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import os
 import socket
 import time
 from pathlib import Path
+
+import filelock
 
 LOCK_NAME = ".lock"
 
@@ -29,30 +35,21 @@ class FileLock:
     def __init__(self, path: str | Path, purpose: str = "run"):
         self.path = Path(path)
         self.purpose = purpose
-        self._fd: int | None = None
+        self._lock = filelock.FileLock(self.path, mode=0o644, thread_local=False, blocking=False,
+                                      on_acquired=_write_holder)
 
     def acquire(self) -> FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise FolderBusyError(f"{self.path.parent} is being written by another {self.purpose} ({holder}); "
-                                  f"wait for it, stop it, or choose another folder") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
-        os.fsync(fd)
-        self._fd = fd
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise FolderBusyError(f"{self.path.parent} is being written by another {self.purpose} "
+                                  f"({_read_holder(self.path)}); wait for it, stop it, or choose another folder"
+                                  ) from None
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        self._lock.release()
 
     def __enter__(self) -> FileLock:
         return self.acquire()
@@ -70,7 +67,8 @@ class FolderLock(FileLock):
 
 def is_held(path: str | Path) -> bool:
     """Whether a live process holds the lock of a folder (`folder/.lock`) or the lock file `path`
-    (a leftover file of a dead holder does not count)."""
+    (a leftover file of a dead holder does not count). A shared flock tried on the file as it is:
+    filelock has no such question, and taking its lock to ask would create a file that is absent."""
     path = Path(path)
     if path.is_dir():
         path = path / LOCK_NAME
@@ -86,10 +84,17 @@ def is_held(path: str | Path) -> bool:
     return False
 
 
-def _read_holder(fd: int) -> str:
+def _write_holder(fd: int) -> None:
+    """filelock's `on_acquired`: the locked file names its holder."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                              "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+    os.fsync(fd)
+
+
+def _read_holder(path: Path) -> str:
     try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        info = json.loads(os.read(fd, 4096).decode() or "{}")
+        info = json.loads(path.read_text() or "{}")
         return f"pid {info['pid']} on {info['host']} since {info['since']}"
     except (ValueError, KeyError, OSError):
         return "holder unknown"

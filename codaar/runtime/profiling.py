@@ -7,11 +7,11 @@ under a microsecond, so the model and the trainer mark every step unconditionall
 
 from __future__ import annotations
 
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import nvtx
 
 
-def nvtx_range(name: str) -> ContextManager[object]:
+def nvtx_range(name: str) -> AbstractContextManager[object]:
     """Mark the enclosed work as `name` (domain `codaar`) in a profiler's timeline."""
     return nvtx.annotate(name, domain="codaar")

@@ -10,11 +10,8 @@ runs or is written.
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from codaar.data.synthetic import PRESETS as DATA_PRESETS
 from codaar.model.config import ModelConfig, saved_model_config
@@ -23,14 +20,17 @@ from codaar.settings import (
     CHANGES,
     FREE,
     MATCH,
+    CommandLineParser,
     SettingsError,
-    add_flags,
+    add_settings,
     declared,
-    flatten,
     iter_settings,
     nested,
+    parse_settings,
+    progress_setting,
     setting,
     settings,
+    settings_from_args,
 )
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -87,7 +87,7 @@ class TrainConfig:
                                     resume=FREE)
     keep_checkpoints: int = setting(2, "how many checkpoints to keep", at_least=1, resume=FREE)
     tensorboard: bool = setting(False, "also log to TensorBoard (needs the tensorboard package)", resume=FREE)
-    progress: bool = setting(True, "show a progress bar", resume=FREE)
+    progress: bool = progress_setting()
 
     def __post_init__(self) -> None:
         self.validate_fields()
@@ -104,57 +104,25 @@ class TrainConfig:
 
 
 # -------------------------------------------------------------------------------- command line
-class ConfigFileError(ValueError):
-    """A `--config` file that cannot be read as settings."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="python -m codaar.train",
         description="Pretrain CoDAAR (encoders, cross-modal quantizer, CPC, decoders). With no arguments: "
                     "AVT on the built-in data set, on the CPU in a few minutes.",
     )
-    parser.add_argument("--config", metavar="FILE", help="JSON or TOML file of settings, flat or nested names "
-                        "(flags override it)")
-    add_flags(parser, TrainConfig)
+    add_settings(parser, TrainConfig)
     return parser
 
 
-def read_config_file(path: str | Path) -> dict[str, object]:
-    """The settings of a JSON or TOML file, by flat name (validated when the config is built)."""
-    file = Path(path)
-    try:
-        text = file.read_text()
-        values = tomllib.loads(text) if file.suffix == ".toml" else json.loads(text)
-    except (OSError, ValueError) as exc:
-        raise ConfigFileError(f"--config {path}: cannot read settings ({exc})") from None
-    try:
-        return flatten(TrainConfig, values)
-    except SettingsError as exc:
-        raise ConfigFileError(f"--config {path}: {exc}") from None
-
-
-def config_from_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> TrainConfig:
+def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """The run's settings from the command line (and its --config file). Raises ConfigFileError or
     SettingsError naming the setting, the expected value and the value found."""
-    args = vars((parser or build_parser()).parse_args(argv))
-    path = args.pop("config", None)
-    file_values = read_config_file(path) if path else {}
-    if file_values:
-        try:
-            TrainConfig(**file_values)  # a bad value in the file is reported as the file's
-        except SettingsError as exc:
-            raise ConfigFileError(f"--config {path}: {exc}") from None
-    return TrainConfig(**{**file_values, **args})
+    return settings_from_args(TrainConfig, build_parser().parse_args(argv))
 
 
 def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """`config_from_args` for a command-line program: a bad setting prints one line and exits 2."""
-    parser = build_parser()
-    try:
-        return config_from_args(argv, parser)
-    except (SettingsError, ConfigFileError) as exc:
-        parser.error(str(exc))
+    return parse_settings(build_parser(), TrainConfig, argv)[0]
 
 
 # ---------------------------------------------------------------------------- saved configs

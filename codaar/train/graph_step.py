@@ -9,8 +9,9 @@ from device memory, and that never waits for the host:
     is drawn as in the ordinary step and written to a device tensor (`CrossModalCPC` then picks the
     LSTM output at t* by index instead of slicing), and the quantizer, in `capturable` mode, seeds
     its dead-code reset generator for the update; that generator is registered with the graph;
-  - the learning rate is a device tensor of a capturable Adam; Dropout draws from torch's default CUDA generator, reseeded every step by the
-    trainer as before; graphs read its seed and offset at each replay.
+  - the learning rate is a device tensor of a capturable Adam; Dropout draws from torch's default
+    CUDA generator, reseeded every step by the trainer as before; graphs read its seed and offset at
+    each replay.
 The first `warmup` steps run the same function eagerly on the capture stream (lazy initialisation
 (cuBLAS handles, Triton compilation, Adam's state) cannot happen inside a capture); the next step
 is captured once and every later step replays it. A batch of another shape (an epoch's last,

@@ -447,7 +447,8 @@ def _nonfinite(record: dict[str, float], modalities, on_nonfinite: str) -> list[
     unless their batches are skipped."""
     names = {f"max_abs_codeword/{m}": f"codebook of {m}" for m in modalities}
     if on_nonfinite == "stop":
-        names.update({k: k for k in record if k in ("loss", "dqa", "cpc") or k.startswith(("grad_norm/", "rec/", "commit/"))})
+        names.update({k: k for k in record
+                      if k in ("loss", "dqa", "cpc") or k.startswith(("grad_norm/", "rec/", "commit/"))})
     return [name for key, name in names.items() if key in record and not math.isfinite(record[key])]
 
 

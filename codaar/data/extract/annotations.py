@@ -2,9 +2,10 @@
 
 Labels CSV: columns ``clip_id,class`` (clip_id = the media file's name without its extension),
 optional ``start,end`` (the event's whole seconds in the file; absent = the whole clip) and
-``split``; a file without a row is skipped and reported. Several rows per clip are several events (OR-ed, as AVVP does); the clip's category
-is the class of its first row. Per window the events are shifted to the window's start and
-turned into [T, C+1] labels (background last) by `labels_from_events`.
+``split``; a file without a row is skipped and reported. Several rows per clip are several events
+(OR-ed, as AVVP does); the clip's category is the class of its first row. Per window the events
+are shifted to the window's start and turned into [T, C+1] labels (background last) by
+`labels_from_events`.
 
 Splits: the ``split`` column when present, else a seeded shuffle of the extracted files cut by
 ``--splits train,val,test`` fractions (every non-zero fraction gets at least one file). All
@@ -60,10 +61,11 @@ def read_labels(path) -> tuple[list[str], dict[str, ClipAnnotation]]:
         split = row.get("split", "")
         if split:
             if not _SPLIT_NAME.match(split):
-                raise DataFormatError(path, f"line {line} column split", "a name of letters, digits, '_' or '-'", repr(split))
-            if clip.split not in (None, split):
-                raise DataFormatError(path, f"line {line} column split", f"{clip.split!r} (as on the clip's earlier rows)",
+                raise DataFormatError(path, f"line {line} column split", "a name of letters, digits, '_' or '-'",
                                       repr(split))
+            if clip.split not in (None, split):
+                raise DataFormatError(path, f"line {line} column split",
+                                      f"{clip.split!r} (as on the clip's earlier rows)", repr(split))
             clip.split = split
     if not annotations:
         raise DataFormatError(path, "rows", "at least one labelled clip", "none")

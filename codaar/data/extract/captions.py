@@ -1,9 +1,10 @@
 """Per-clip captions -> the per-clip text arrays of the data format (the per-clip text contract).
 
 Captions CSV: columns ``clip_id,caption``, any number of rows per clip, clip_id = the media
-file's name without its extension (every window of the file shares its captions; a file without a caption is skipped and reported). Policies for a
-clip with several captions: ``first`` (the first row of the clip in file order) or ``each``
-(every caption becomes its own clip, id ``<clip>#<k>``, carrying the same audio/video features).
+file's name without its extension (every window of the file shares its captions; a file without a
+caption is skipped and reported). Policies for a clip with several captions: ``first`` (the first
+row of the clip in file order) or ``each`` (every caption becomes its own clip, id ``<clip>#<k>``,
+carrying the same audio/video features).
 
 Each caption is featurized to L = T tokens (BERT on disk or the offline hashed featurizer, with
 ``max_tokens = T``) by `codaar.data.text.caption_tokens`: ``text_clips`` [L, Dt] float32 and

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from codaar.settings import add_flags, declared
+from codaar.settings import add_settings, deprecated_flag, nested, progress_setting, setting, settings
 
 from .settings import ExtractSettings
+
+
+@settings
+class ExtractCommand:
+    """Every option of ``python -m codaar.data extract``: what is extracted (`ExtractSettings`, which a
+    resumed run must keep) and how this run goes."""
+
+    extract: ExtractSettings = nested(ExtractSettings, "what is extracted, and how")
+    restart: bool = setting(False, "discard an unfinished run of other inputs/settings")
+    overwrite: bool = setting(False, "replace OUT if it exists")
+    progress: bool = progress_setting()
 
 
 def add_parser(sub) -> None:
@@ -21,26 +31,18 @@ def add_parser(sub) -> None:
     p.add_argument("inputs", nargs="+", type=Path,
                    help="media files, folders (searched recursively for mp4/mkv/webm/avi/mov/... and wav/mp3/m4a/"
                         "flac/...) or .txt lists of paths; a clip id is the file name without its extension")
-    add_flags(p, ExtractSettings)
-    g = p.add_argument_group("operation")
-    g.add_argument("--restart", action="store_true", help="discard an unfinished run of other inputs/settings")
-    g.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_settings(p, ExtractCommand)
+    deprecated_flag(p, "--quiet", "progress", False, "--no-progress")
 
 
-def settings_of(args: argparse.Namespace) -> ExtractSettings:
-    """The run's settings from the parsed flags (only those given; SettingsError on a bad value)."""
-    return ExtractSettings(**{name: value for name, value in vars(args).items() if name in declared(ExtractSettings)})
+def run(args, command: ExtractCommand) -> str:
+    """Run the extraction of the parsed ``args`` (OUT, INPUTS) with ``command``'s settings; returns the
+    line(s) to print."""
+    from .run import extract  # torch and PyAV load here, after the settings were checked
 
-
-def run(args) -> str:
-    """Run the extraction the parsed ``args`` describe; returns the line(s) to print."""
-    settings = settings_of(args)  # a bad value stops here, before torch and PyAV load
-
-    from .run import extract
-
-    data = extract([str(p) for p in args.inputs], args.out, settings, overwrite=args.overwrite, restart=args.restart,
-                   progress=not args.quiet)
+    settings = command.extract
+    data = extract([str(p) for p in args.inputs], args.out, settings, overwrite=command.overwrite,
+                   restart=command.restart, progress=command.progress)
     lines = [f"wrote {args.out}"]
     lines.append(data.summary())
     import json
@@ -49,7 +51,8 @@ def run(args) -> str:
     lines.append(f"files: {report['extracted']} extracted, {len(report['skipped'])} skipped "
                  f"(reasons in {args.out / 'extract_report.json'})")
     if "this_run" in report:
-        lines.append(f"time: {report['this_run']['seconds']:.1f} s, {report['this_run']['seconds_per_file']:.3f} s per file")
+        this_run = report["this_run"]
+        lines.append(f"time: {this_run['seconds']:.1f} s, {this_run['seconds_per_file']:.3f} s per file")
     if settings.random_weights:
         lines.append("warning: random weights (tests and smoke runs only); the manifest says so")
     return "\n".join(lines)

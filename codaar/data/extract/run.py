@@ -122,7 +122,8 @@ class _Run:
         """The journal rows and array blocks of one decoded file."""
         t, clip_id = self.s.segments, self.ids[index]
         rows, blocks = [], {name: [] for name in self.arrays}
-        captions = caption_files.clip_captions(self.captions[clip_id], self.s.caption_policy) if self.captions else [None]
+        captions = (caption_files.clip_captions(self.captions[clip_id], self.s.caption_policy) if self.captions
+                    else [None])
         for window in clip.windows:
             count = window.log_mel.shape[0]
             audio, fix = fit_segments(self.models.audio(window.log_mel), t)
@@ -225,7 +226,8 @@ class _Run:
             "random_weights": s.random_weights,
             "models": self.models.describe(),
             "audio": {"sample_rate": SAMPLE_RATE, "channels": "mean of the channels (mono)",
-                      "examples": f"one 0.96 s log-mel example ({EXAMPLE_FRAMES} x {NUM_BANDS}) per one-second segment"},
+                      "examples": f"one 0.96 s log-mel example ({EXAMPLE_FRAMES} x {NUM_BANDS}) per one-second "
+                                  "segment"},
             "video": {"frame_policy": frames if s.video else "none (--no-video: zero features)",
                       "frames_per_second": s.frames_per_second, "frame_size": s.frame_size,
                       "missing_video": "zero features for files without a video stream"},
@@ -258,8 +260,8 @@ class _Run:
         if self.annotations is not None:
             files = list(dict.fromkeys(Path(entry["file"]).stem for entry, _ in rows))
             split_of = label_files.assign_splits(files, self.annotations, self.s.splits, self.s.seed)
-            category = np.array([self.class_index[self.annotations[Path(e["file"]).stem].events[0][2]] for e, _ in rows],
-                                dtype=np.int64)
+            category = np.array([self.class_index[self.annotations[Path(e["file"]).stem].events[0][2]]
+                                 for e, _ in rows], dtype=np.int64)
             for name in dict.fromkeys(split_of[f] for f in sorted(files)):
                 splits[name] = np.array([i for i, (e, _) in enumerate(rows) if split_of[Path(e["file"]).stem] == name],
                                         dtype=np.int64)

@@ -105,7 +105,8 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path) -> 
             if value.numel() == target.numel() and value.ndim <= 2 and target.ndim <= 2:
                 value = value.reshape(target.shape)  # e.g. PCA means stored as a [128, 1] column
             else:
-                raise DataFormatError(path, f"weights[{name!r}]", f"shape {list(target.shape)}", f"shape {list(value.shape)}")
+                raise DataFormatError(path, f"weights[{name!r}]", f"shape {list(target.shape)}",
+                                      f"shape {list(value.shape)}")
         if not value.is_floating_point():
             raise DataFormatError(path, f"weights[{name!r}]", "floating-point values", f"dtype {value.dtype}")
         with torch.no_grad():
