@@ -68,9 +68,9 @@ def plan_of(data, split: str, batch: int = 5, epochs: int = 2, seed: int = 0) ->
 
 def assert_same_batch(ours: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
     assert list(ours) == list(reference)
-    for key in reference:
-        assert ours[key].dtype == reference[key].dtype and ours[key].shape == reference[key].shape, key
-        assert torch.equal(ours[key], reference[key]), key
+    for key, value in reference.items():
+        assert ours[key].dtype == value.dtype and ours[key].shape == value.shape, key
+        assert torch.equal(ours[key], value), key
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -103,16 +103,16 @@ def test_prefetched_batches_equal_the_former_ones_in_order(folders, name, worker
 def test_the_positions_asked_for_must_be_the_planned_ones(folders):
     data = case_data(folders, "memory")[0]
     plan = plan_of(data, "pretrain")
-    with Prefetcher(BatchGather(data, "pretrain", ("audio",)), plan, 5, CPU, torch.float32, workers=1) as batches:
-        with pytest.raises(BatchError, match="step 1: asked for other clips than the planned ones"):
-            batches.next(plan[1])
+    batches = Prefetcher(BatchGather(data, "pretrain", ("audio",)), plan, 5, CPU, torch.float32, workers=1)
+    with batches, pytest.raises(BatchError, match="step 1: asked for other clips than the planned ones"):
+        batches.next(plan[1])
 
 
 class RecordingArray(np.ndarray):
     """A feature array that notes the rows of every batch gathered from it and raises an OSError when
     asked for the rows `fail_rows`: the seam for a read that fails midway."""
 
-    def take(self, indices, axis=None, out=None, mode="raise"):  # noqa: ANN001 (numpy's signature)
+    def take(self, indices, axis=None, out=None, mode="raise"):
         with self.lock:
             self.gathered.append(np.array(indices))
         if self.fail_rows is not None and np.array_equal(indices, self.fail_rows):
@@ -127,10 +127,10 @@ def recording(data, fail_rows: np.ndarray | None = None) -> RecordingArray:
     return video
 
 
-def wait_for(condition, seconds: float = 30.0) -> None:
+def wait_until_gathered(video: RecordingArray, count: int, seconds: float = 30.0) -> None:
     deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
+    while len(video.gathered) < count:
+        assert time.monotonic() < deadline, f"timed out waiting for {count} gathers"
         time.sleep(0.01)
 
 
@@ -141,11 +141,11 @@ def test_workers_gather_depth_batches_ahead_and_no_more():
     clips = data.split("pretrain")
     with Prefetcher(BatchGather(data, "pretrain", ("video",)), plan, 5, CPU, torch.float32, workers=1,
                     depth=2) as batches:
-        wait_for(lambda: len(video.gathered) == 2)  # before the first step asks: its batch and the next
+        wait_until_gathered(video, 2)  # before the first step asks: its batch and the next
         for step, positions in enumerate(plan[:4]):
             batches.next(positions)
             # while step `step` runs, the batches of the next two steps are gathered, not a third
-            wait_for(lambda: len(video.gathered) == step + 3)
+            wait_until_gathered(video, step + 3)
             time.sleep(0.1)
             assert len(video.gathered) == step + 3
             assert all(np.array_equal(rows, clips[p]) for rows, p in zip(video.gathered, plan))

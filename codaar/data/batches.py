@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Self
 
 import numpy as np
 import torch
@@ -88,8 +89,9 @@ class BatchGather:
         filled leading rows of each (views of the buffers)."""
         positions = np.asarray(positions, dtype=np.int64)
         if positions.ndim != 1 or (positions.size and not 0 <= positions.min() <= positions.max() < len(self.clips)):
-            raise IndexError(f"batch positions must be a 1-D array in [0, {len(self.clips)}) (the split's clips), "
-                             f"found shape {positions.shape}, range [{positions.min()}, {positions.max()}]")
+            found = f"shape {positions.shape}" + (f", range [{positions.min()}, {positions.max()}]" if positions.size else "")
+            raise IndexError(f"batch positions: expected a 1-D array in [0, {len(self.clips)}) (the split's clips), "
+                             f"found {found}")
         clips = self.clips[positions]
         rows = {False: clips, True: self.category[clips]}
         filled = {}
@@ -116,8 +118,8 @@ class Prefetcher:
     (the positions must be the planned ones: a check that the caller and the plan agree). A batch is
     valid until the next call (on the CPU it may be the gathering buffer itself). `rows` is the
     largest batch of the plan. `first_step` numbers the steps in error messages: the first planned
-    batch is step first_step + 1, as the trainer logs it. Close it (or use it as a context manager)
-    to stop the workers."""
+    batch is step first_step + 1, as the trainer logs it. `depth`: batches gathered ahead with workers
+    (default max(2, workers)). Close it (or use it as a context manager) to stop the workers."""
 
     def __init__(self, gather: BatchGather, plan: Iterable[np.ndarray], rows: int, device: torch.device,
                  dtype: torch.dtype, workers: int, depth: int | None = None, first_step: int = 0):
@@ -137,7 +139,7 @@ class Prefetcher:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="codaar-batches") if workers else None
         self._fill_ahead(self.depth)
 
-    def __enter__(self) -> Prefetcher:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info) -> None:
