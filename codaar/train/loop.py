@@ -132,7 +132,6 @@ class Trainer:
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.gather = BatchGather(self.data, cfg.split, cfg.model.modalities)
-        self.data_workers = default_workers() if cfg.data_workers is None else cfg.data_workers
 
         self.model_config = resolve_model_config(cfg, self.data)
         torch.manual_seed(cfg.seed)  # the same initial weights and codebooks on every rank
@@ -263,9 +262,10 @@ class Trainer:
 
     def _prefetcher(self) -> Prefetcher:
         """The batches of the steps still to run, gathered ahead (--data-workers)."""
+        workers = default_workers() if self.cfg.data_workers is None else self.cfg.data_workers
         return Prefetcher(self.gather, self.batches.plan(self.step, self.total_steps),
-                          self.cfg.batch_size // self.group.world_size, self.device, self.dtype,
-                          workers=self.data_workers, first_step=self.step)
+                          self.cfg.batch_size // self.group.world_size, self.device, self.dtype, workers,
+                          first_step=self.step)
 
     def train_step(self, positions: np.ndarray, batch: dict[str, torch.Tensor] | None = None,
                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
