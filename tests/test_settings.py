@@ -220,6 +220,7 @@ BAD_VALUES = [  # (flag, value, expected text): range, sign, choices, types, cro
     ("--seed", "-1", "setting 'seed': expected an integer >= 0 and <= 9223372036854775807, found -1"),
     ("--seed", "99999999999999999999", "setting 'seed': expected an integer >= 0 and <= 9223372036854775807"),
     ("--pretrain-clips", "0", "setting 'pretrain_clips': expected an integer >= 1, found 0"),
+    ("--data-workers", "-1", "setting 'data_workers': expected an integer >= 0, found -1"),
     ("--device", "gpu", "setting 'device': expected auto, cpu, cuda or cuda:N, found 'gpu'"),
     ("--dropout", "1", "setting 'dropout': expected a finite number >= 0 and < 1, found 1.0"),
     ("--num-codes", "0", "setting 'num_codes': expected an integer >= 1, found 0"),

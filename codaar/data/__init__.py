@@ -1,5 +1,6 @@
 """codaar.data: the built-in data set, the project's on-disk format, the import of the authors'
-layout, the text featurizer and the DataLoader helper.
+layout, the text featurizer, the DataLoader helper and the trainer's batches (`batches`: gathered
+ahead with one copy).
 
 Typical use::
 

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
+# Fields measured by the wall clock: two runs that train exactly alike log different values.
+WALL_CLOCK_FIELDS = ("data_wait_ms",)
 
 
 def read_metrics(path: Path, last: int | None = None) -> list[dict]:

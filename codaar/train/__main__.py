@@ -2,7 +2,8 @@
 
 A user error (a bad setting, a run folder that already holds a run or is being written by another
 run, unreadable data or checkpoints) prints one line and exits with status 2, before anything is
-written. A run that goes non-finite stops without saving that state and exits with status 3.
+written; so does a batch that cannot be read during the run (the checkpoints written so far are kept).
+A run that goes non-finite stops without saving that state and exits with status 3.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from codaar.data import DataFormatError
+from codaar.data.batches import BatchError
 from codaar.run_folder.checkpoint import CheckpointError
 from codaar.runtime import distributed
 from codaar.runtime.locks import FolderBusyError
@@ -20,7 +22,7 @@ from codaar.settings import SettingsError
 from codaar.train.config import parse_config
 from codaar.train.loop import DivergenceError, Trainer, TrainingError
 
-USER_ERRORS = (SettingsError, TrainingError, DataFormatError, CheckpointError, FolderBusyError)
+USER_ERRORS = (SettingsError, TrainingError, DataFormatError, BatchError, CheckpointError, FolderBusyError)
 EXIT_USAGE, EXIT_DIVERGED = 2, 3
 
 

@@ -50,6 +50,10 @@ class TrainConfig:
     pretrain_clips: int | None = setting(None, "built-in data: number of pretraining clips (none: the preset's)",
                                          at_least=1)
     split: str = setting("pretrain", "which split of the data to pretrain on")
+    data_workers: int | None = setting(None, "threads that gather the next batches while a step runs, each batch "
+                                       "with one copy into a reused (pinned) buffer (0: in the main process when "
+                                       "the step asks for it; none: one per CPU beyond the first, at most 4)",
+                                       at_least=0, resume=FREE)
     # optimisation (authors' recipe, docs/method.md §6)
     epochs: int = setting(12, "passes over the pretraining split (12 x 38 steps: past the first dead-code reset)",
                           at_least=1, resume=CHANGES)

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from codaar.data import TriModalData, build_synthetic, load_dataset, synthetic_config
-from codaar.data.loader import TriModalDataset
+from codaar.data.batches import BatchGather, Prefetcher, default_workers, to_device
 from codaar.model import CoDAARModel, ModelConfig
 from codaar.run_folder import checkpoint as ckpt
 from codaar.run_folder.metrics_log import METRICS_FILE, read_metrics
@@ -85,6 +86,14 @@ class EpochBatches:
         if self.steps_per_epoch == 0:
             raise TrainingError(f"split {cfg.split!r} has {num_clips} clips, fewer than one batch of {cfg.batch_size}")
 
+    def plan(self, first_step: int, last_step: int) -> Iterator[np.ndarray]:
+        """The positions of every step from `first_step` up to `last_step` (excluded), across epochs."""
+        step = first_step
+        while step < last_step:
+            epoch, position = divmod(step, self.steps_per_epoch)
+            yield from self(epoch, position)[: last_step - step]
+            step = (epoch + 1) * self.steps_per_epoch
+
     def __call__(self, epoch: int, first_step: int = 0) -> list[np.ndarray]:
         generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, 1, epoch))
         order = torch.randperm(self.num_clips, generator=generator).numpy()
@@ -122,7 +131,7 @@ class Trainer:
         self.total_steps = cfg.epochs * self.batches.steps_per_epoch
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
-        self.dataset = TriModalDataset(self.data, cfg.split, modalities=cfg.model.modalities, dtype=self.dtype)
+        self.gather = BatchGather(self.data, cfg.split, cfg.model.modalities)
 
         self.model_config = resolve_model_config(cfg, self.data)
         torch.manual_seed(cfg.seed)  # the same initial weights and codebooks on every rank
@@ -245,24 +254,29 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ steps
     def _batch(self, positions: np.ndarray) -> dict[str, torch.Tensor]:
-        """The model's inputs for these clips, on the device; with text also its real-token mask
-        ("text_mask", all True for class prompts), which the model's text encoder and CPC respect."""
-        items = self.dataset.__getitems__(positions)
-        pin = self.device.type == "cuda"
-        modalities = self.model_config.modalities
-        batch = {}
-        for key in (*modalities, *(("text_mask",) if "text" in modalities else ())):
-            stacked = torch.stack([item[key] for item in items])
-            batch[key] = (stacked.pin_memory() if pin else stacked).to(self.device, non_blocking=True)
-        return batch
+        """The model's inputs for these clips, on the device, gathered now (`run` gathers them ahead); with
+        text also its real-token mask ("text_mask", all True for class prompts), which the model's text
+        encoder and CPC respect."""
+        host = self.gather.gather_into(positions, self.gather.buffers(len(positions), pin=self.device.type == "cuda"))
+        return to_device(host, self.device, self.dtype)
 
-    def train_step(self, positions: np.ndarray) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """One optimisation step on the clips at these positions of the split: (logged values, indices)."""
+    def _prefetcher(self) -> Prefetcher:
+        """The batches of the steps still to run, gathered ahead (--data-workers)."""
+        workers = default_workers() if self.cfg.data_workers is None else self.cfg.data_workers
+        return Prefetcher(self.gather, self.batches.plan(self.step, self.total_steps),
+                          self.cfg.batch_size // self.group.world_size, self.device, self.dtype, workers,
+                          first_step=self.step)
+
+    def train_step(self, positions: np.ndarray, batch: dict[str, torch.Tensor] | None = None,
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """One optimisation step on the clips at these positions of the split: (logged values, indices).
+        `batch`: those clips already on the device (from `run`'s prefetcher); none gathers them now."""
         cfg = self.cfg
         torch.manual_seed(derived_seed(cfg.seed, 2, self.group.rank, self.step))  # dropout of this step
         cpc_generator = torch.Generator().manual_seed(derived_seed(cfg.seed, 3, self.step))  # same on all ranks
         set_learning_rate(self.optimizer, lr_at(cfg, self.step // self.batches.steps_per_epoch))
-        batch = self._batch(positions)
+        if batch is None:
+            batch = self._batch(positions)
         if self.graph_step is not None:
             return self.graph_step(batch, cpc_generator)
         return self.optimize(batch, cpc_generator=cpc_generator)
@@ -300,6 +314,7 @@ class Trainer:
         progress = tqdm(total=self.total_steps, initial=self.step, desc="codaar", unit="step", dynamic_ncols=True,
                         disable=not (cfg.progress and self.group.is_main))
         log = open(self.metrics_path, "a") if self.group.is_main else None
+        feed = self._prefetcher()
         if self.step >= self.total_steps and self.group.is_main:
             print(f"{self.run_dir} already finished at step {self.step}: nothing to train")
         try:
@@ -308,10 +323,10 @@ class Trainer:
                 for positions in self.batches(epoch, position):
                     if self.step >= self.total_steps:
                         break
-                    values, indices = self.train_step(positions)
+                    values, indices = self.train_step(positions, feed.next(positions))
                     self.step += 1
                     record = {"step": self.step, "epoch": epoch, "lr": lr_at(cfg, epoch),
-                              **_to_host(values)}
+                              "data_wait_ms": 1000 * feed.take_wait_seconds(), **_to_host(values)}
                     diverged = _nonfinite(record, self.model_config.modalities, cfg.on_nonfinite)
                     if diverged:
                         if log is not None:
@@ -330,6 +345,7 @@ class Trainer:
                     if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
                         self._save()
         finally:
+            feed.close()
             progress.close()
             if log is not None:
                 log.close()
