@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from codaar.data.format import atomic_output_dir
@@ -40,6 +39,7 @@ from codaar.pretrained import (
     load_pretrained,
     text_mask,
 )
+from codaar.runtime.memmaps import reserved_memmap
 from codaar.settings import SettingsError, setting, settings
 
 FORMAT = "codaar-codes"
@@ -114,7 +114,7 @@ def encode_dataset(checkpoint, out, settings: EncodeSettings | None = None, *, o
         def array(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
             path = tmp / f"{name}.npy"
             path.parent.mkdir(parents=True, exist_ok=True)
-            arrays[name] = open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            arrays[name] = reserved_memmap(path, dtype, shape)
             files[name] = {"file": f"{name}.npy", "shape": list(shape), "dtype": np.dtype(dtype).name}
             return arrays[name]
 

@@ -24,7 +24,7 @@ from . import annotations as label_files
 from . import captions as caption_files
 from .inputs import clip_ids_of, file_record, find_media
 from .logmel import EXAMPLE_FRAMES, NUM_BANDS, SAMPLE_RATE
-from .media import DecodeSettings, decoded_in_order
+from .media import DecodeSettings, UnusableMedia, decoded_in_order
 from .settings import ExtractSettings
 
 REPORT = "extract_report.json"
@@ -118,12 +118,15 @@ class _Run:
             return f"no row in {Path(self.s.labels).name}"
         return None
 
-    def rows_of(self, index: int, clip) -> tuple[list[dict], dict[str, np.ndarray]]:
-        """The journal rows and array blocks of one decoded file."""
+    def append_rows(self, index: int, windows) -> list[dict]:
+        """Append the rows of file ``index``, window by window as they are decoded, to the work folder's
+        arrays; returns their journal rows. UnusableMedia from the decoder passes through (the caller
+        discards the rows appended so far)."""
         t, clip_id = self.s.segments, self.ids[index]
-        rows, blocks = [], {name: [] for name in self.arrays}
+        rows = []
         captions = caption_files.clip_captions(self.captions[clip_id], self.s.caption_policy) if self.captions else [None]
-        for window in clip.windows:
+        for window in windows:
+            blocks = {name: [] for name in self.arrays}
             count = window.log_mel.shape[0]
             audio, fix = fit_segments(self.models.audio(window.log_mel), t)
             video, _ = fit_segments(self.models.video(window.frames, count), t)
@@ -145,7 +148,8 @@ class _Run:
                 if labels is not None:
                     blocks["labels_segment"].append(labels)
                 rows.append(row)
-        return rows, {name: np.stack(b) for name, b in blocks.items()}
+            self.work.append({name: np.stack(b) for name, b in blocks.items()})
+        return rows
 
     def extract(self, restart: bool) -> None:
         from .workdir import WorkFolder
@@ -164,15 +168,16 @@ class _Run:
         started = time.perf_counter()
         try:
             for index in range(done, len(self.files)):
-                result = unannotated[index] if index in unannotated else next(decoded)[1]
                 entry = {"file": str(self.files[index]), "skipped": None, "rows": []}
-                if isinstance(result, str):
-                    entry["skipped"] = result
+                try:
+                    if index in unannotated:
+                        raise UnusableMedia(unannotated[index])
+                    entry["rows"] = self.append_rows(index, next(decoded)[1])
+                except UnusableMedia as exc:
+                    self.work.discard_uncommitted()  # the rows of the windows before a corrupt part
+                    entry.update(skipped=str(exc), rows=[])
                     bad += 1
-                    self.work.commit(entry, {n: np.zeros((0,) + s, d) for n, (s, d) in self.arrays.items()})
-                else:
-                    entry["rows"], blocks = self.rows_of(index, result)
-                    self.work.commit(entry, blocks)
+                self.work.commit(entry)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(skipped=bad)
