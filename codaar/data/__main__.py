@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from codaar.runtime.interrupts import Interrupted, interruptible
+from codaar.runtime.outputs import check_output, os_error_line
+
 from .errors import DataFormatError
 from .extract import cli as extract_cli
 from .flags import add_synthetic_flags, parse_shape, synthetic_config_of
@@ -108,14 +111,17 @@ def main(argv=None) -> int:
             _print_summary(args.dir, finite=not args.no_finite_check)
         elif args.command == "extract":
             try:
-                print(extract_cli.run(args))
-            except KeyboardInterrupt:
-                print(f"interrupted: rerun the same command to resume (work folder beside {args.out})", file=sys.stderr)
-                return 130
+                with interruptible():
+                    print(extract_cli.run(args))
+            except Interrupted as exc:
+                print(f"interrupted by {exc.signal_name}: rerun the same command to resume (work folder beside "
+                      f"{args.out})", file=sys.stderr)
+                return exc.exit_status
         else:
             from .official_import import import_official
             from .text import make_text_featurizer
 
+            check_output(args.out, {"--bert-path": args.bert_path, "--bert-keep-ids": args.bert_keep_ids})
             featurizer = make_text_featurizer(args.text_featurizer, dim=args.text_dim, max_tokens=args.segments,
                                               bert_path=args.bert_path, keep_token_ids_json=args.bert_keep_ids)
             data = import_official(args.meta, args.audio_dir, args.video_dir, args.prompts, args.out,
@@ -125,8 +131,11 @@ def main(argv=None) -> int:
                                    avvp_visual_csv=args.avvp_visual, avvp_categories=args.avvp_categories,
                                    skip_missing=args.skip_missing, overwrite=args.overwrite, progress=not args.quiet)
             print(f"wrote {args.out}\n{data.summary()}")
-    except (DataFormatError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (DataFormatError, ValueError, RuntimeError) as exc:
         print(f"python -m codaar.data: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only or vanished folder, too many open files
+        print(f"python -m codaar.data: error: {os_error_line(exc, getattr(args, 'out', None))}", file=sys.stderr)
         return 2
     return 0
 

@@ -158,11 +158,11 @@ def video_level_class(labels: np.ndarray) -> np.ndarray:
     return per_segment.max(axis=-1).astype(np.int64)
 
 
-def check_finite(array: np.ndarray, file, field_name: str, chunk_bytes: int = _FINITE_SCAN_BYTES) -> None:
-    """Scan ``array`` (possibly memory-mapped, larger than RAM) for NaN/Inf, ``chunk_bytes`` at a time."""
+def check_finite(array: np.ndarray, file, field_name: str) -> None:
+    """Scan ``array`` (possibly memory-mapped, larger than RAM) for NaN/Inf, _FINITE_SCAN_BYTES at a time."""
     if array.dtype.kind != "f" or array.size == 0:
         return
-    for start, chunk in _row_chunks(array, max(1, chunk_bytes // max(1, array[:1].nbytes))):
+    for start, chunk in _row_chunks(array, max(1, _FINITE_SCAN_BYTES // max(1, array[:1].nbytes))):
         if not np.isfinite(chunk).all():
             bad = np.argwhere(~np.isfinite(chunk))[0]
             value = chunk[tuple(bad)]

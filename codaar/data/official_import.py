@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from codaar.runtime.memmaps import reserved_memmap
+from codaar.runtime.outputs import check_output
 
 from .container import BACKGROUND, TriModalData
 from .errors import DataFormatError
@@ -205,6 +206,9 @@ def import_official(meta_csv, audio_dir, video_dir, prompts_csv, out, *, audio_s
     featurizer at BERT's width (768).
     """
     meta_csv, audio_dir, video_dir = Path(meta_csv), Path(audio_dir), Path(video_dir)
+    check_output(out, {"--meta": meta_csv, "--audio-dir": audio_dir, "--video-dir": video_dir, "--prompts": prompts_csv,
+                       "--categories": categories_file, "--ave-labels": ave_annotations, "--avvp-audio": avvp_audio_csv,
+                       "--avvp-visual": avvp_visual_csv, "--avvp-categories": avvp_categories})
     rows = _read_csv(meta_csv, ("category", "video_id", "split"))
     if not rows:
         raise DataFormatError(meta_csv, "rows", "at least one clip", "none")

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from codaar.runtime.memmaps import reserved_memmap
+from codaar.runtime.outputs import check_output
 
 from .container import BACKGROUND, TriModalData
 from .format import atomic_output_dir, load_dataset, write_dataset_files
@@ -520,6 +521,7 @@ def write_synthetic(out, config: SyntheticConfig | None = None, overwrite: bool 
     written data set opened lazily."""
     config = _resolve_config(config, overrides)
     n, t_len = config.num_clips, config.segments
+    check_output(out)  # reads no file; refused only where it cannot be written
     with atomic_output_dir(out, overwrite) as tmp:
         audio = reserved_memmap(tmp / "audio.npy", config.dtype, (n, t_len, config.audio_dim))
         video = reserved_memmap(tmp / "video.npy", config.dtype, (n, t_len) + tuple(config.video_shape))

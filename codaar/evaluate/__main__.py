@@ -10,7 +10,9 @@
 
 `--protocol clean` (default) or `official` (the authors' scripts as coded) or `both`; see
 `codaar.evaluate.protocols` for exactly what differs. A user error (no checkpoint, data that does
-not fit the model, missing labels) prints one line and exits with status 2.
+not fit the model, missing labels, an output that would overwrite an input or cannot be written, a
+full disk) prints one line and exits with status 2. Interrupted (SIGINT, SIGTERM), it leaves the
+output folder as it was, says so in one line and exits with 130 or 143.
 
 `python -m codaar.evaluate baselines [--data DIR | --preset P ...]`: a data set's reference
 baselines, without a checkpoint (`codaar.evaluate.baselines`).
@@ -34,6 +36,9 @@ from codaar.evaluate.curve import transfer_curve
 from codaar.evaluate.errors import EvaluationError
 from codaar.evaluate.protocols import AVE_DEFAULTS, AVVP_DEFAULTS, PROTOCOLS
 from codaar.evaluate.run import TASKS, evaluate
+from codaar.runtime.interrupts import Interrupted, interrupted_line, interruptible
+from codaar.runtime.outputs import OutputError, check_output, os_error_line
+from codaar.runtime.publish import replace_files
 
 BASELINES = "baselines"  # the subcommand; any other first argument is a checkpoint
 
@@ -88,10 +93,15 @@ def main(argv: list[str] | None = None) -> dict:
         ckpt_path = Path(args.checkpoint)
         out = (ckpt_path if (ckpt_path / "config.json").is_file() else ckpt_path.parent.parent) / "eval"
     try:
-        result = run_cli(args, protocols, out)
-    except EvaluationError as exc:
-        print(f"python -m codaar.evaluate: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        with interruptible():
+            result = run_cli(args, protocols, out)
+    except (EvaluationError, OutputError) as exc:
+        _fail("python -m codaar.evaluate", str(exc))
+    except OSError as exc:  # a full disk, a read-only or vanished folder, too many open files
+        _fail("python -m codaar.evaluate", os_error_line(exc, out))
+    except Interrupted as exc:
+        print(f"python -m codaar.evaluate: {interrupted_line(exc, out)}", file=sys.stderr)
+        raise SystemExit(exc.exit_status) from None
     report = out / ("curve.md" if args.curve else "tables.md")
     print(report.read_text())
     print(f"written: {report}, {report.with_suffix('.json').name}" + ("" if args.no_plots else ", *.png"))
@@ -140,7 +150,13 @@ def baselines(argv: list[str]) -> dict:
     written to OUT.json / OUT.md with --out). A user error prints one line and exits with status 2."""
     args = build_baselines_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
+    stem = files = None
+    if args.out is not None:
+        stem = args.out.with_suffix("") if args.out.suffix in (".json", ".md") else args.out
+        files = (stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md"))
     try:
+        for path in files or ():
+            check_output(path, {"--data": args.data})
         data = load_dataset(args.data) if args.data is not None else build_synthetic(synthetic_config_of(args))
         settings = BaselineSettings()
         head = {k: v for k, v in (("lr", args.head_lr), ("epochs", args.head_epochs)) if v is not None}
@@ -150,16 +166,19 @@ def baselines(argv: list[str]) -> dict:
         report["command"] = command
         text = markdown(report, command)
         print(text)
-        if args.out is not None:
-            stem = args.out.with_suffix("") if args.out.suffix in (".json", ".md") else args.out
-            stem.parent.mkdir(parents=True, exist_ok=True)
-            stem.with_name(stem.name + ".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-            stem.with_name(stem.name + ".md").write_text(text, encoding="utf-8")
+        if stem is not None:
+            replace_files({files[0]: json.dumps(report, indent=1) + "\n", files[1]: text})
             print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
-    except (DataFormatError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"python -m codaar.evaluate {BASELINES}: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except (DataFormatError, ValueError, RuntimeError) as exc:
+        _fail(f"python -m codaar.evaluate {BASELINES}", str(exc))
+    except OSError as exc:
+        _fail(f"python -m codaar.evaluate {BASELINES}", os_error_line(exc, args.out))
     return report
+
+
+def _fail(program: str, message: str) -> None:
+    print(f"{program}: error: {message}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def cli() -> None:

@@ -58,23 +58,31 @@ def interruptible() -> Iterator[None]:
 
 @contextlib.contextmanager
 def held_signals() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM over the block; one that arrived meanwhile acts at its end (see above)."""
-    if not _in_main_thread() or not hasattr(signal, "pthread_sigmask"):
+    """Hold SIGINT and SIGTERM over the block; one that arrived meanwhile acts at its end (see above).
+
+    Held by a handler that notes them, not by the signal mask: a signal sent to the process reaches
+    whichever thread does not block it (torch's threads do not), while Python runs every handler in
+    the main thread."""
+    if not _in_main_thread():
         yield
         return
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    arrived: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: arrived.append(signum)) for signum in SIGNALS}
     completed = False
     try:
         yield
         completed = True
     finally:
-        arrived = sorted(set(SIGNALS) & (signal.sigpending() - mask)) if completed else []
-        ours = [s for s in arrived if signal.getsignal(s) is _raise_interrupted]
-        if ours and hasattr(signal, "sigtimedwait"):
-            for signum in ours:
-                signal.sigtimedwait([signum], 0)  # taken here, raised below as a completed publish
-        else:
-            ours = []
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # anything else pending is delivered now
-        if ours:
-            raise Interrupted(ours[0], completed=True)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if arrived and completed and previous[arrived[0]] is _raise_interrupted:
+            raise Interrupted(arrived[0], completed=True)
+        if arrived:
+            signal.raise_signal(arrived[0])  # what it would have done, now
+
+
+def interrupted_line(exc: Interrupted, out) -> str:
+    """The line a program prints when `exc` stopped it while it wrote `out`."""
+    if exc.completed:
+        return f"interrupted by {exc.signal_name} while {out} was published; it was completed first"
+    return f"interrupted by {exc.signal_name}: {out} is as it was before this command (no partial output)"

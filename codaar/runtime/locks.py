@@ -41,10 +41,14 @@ class FileLock:
             os.close(fd)
             raise FolderBusyError(f"{self.path.parent} is being written by another {self.purpose} ({holder}); "
                                   f"wait for it, stop it, or choose another folder") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+            os.fsync(fd)
+        except OSError:  # a full disk: the lock is not taken, and its descriptor not kept
+            os.close(fd)
+            raise
         self._fd = fd
         return self
 

@@ -53,7 +53,7 @@ def _as_paths(paths) -> list[Path]:
 
 
 def _shown(path: PathLike, resolved: Path) -> str:
-    return str(path) if Path(path).absolute() == resolved else f"{path} (= {resolved})"
+    return str(path) if os.fspath(path) == str(resolved) else f"{path} (= {resolved})"
 
 
 def _check_location(out: PathLike, target: Path, flag: str) -> None:
@@ -73,7 +73,7 @@ def _check_location(out: PathLike, target: Path, flag: str) -> None:
 
 # What each errno means for the person running the program (errno names are kept beside it).
 _CAUSES = {
-    errno.ENOSPC: "no space left on the device (the disk is full)",
+    errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "disk quota exceeded",
     errno.EROFS: "read-only file system",
     errno.EMFILE: "too many open files in this process (raise the limit: ulimit -n)",

@@ -3,8 +3,9 @@
 `atomic_output_dir(out)` yields a fresh folder beside `out` that becomes `out` when the block ends
 without an exception (a data set, the codes of `python -m codaar.encode`); `staged_files(out)` yields
 one whose files are moved into `out` at the end, each replacing its namesake and leaving `out`'s
-other files alone (the evaluation's tables and plots beside an earlier curve). On an exception,
-an interruption included, the staging folder is removed and `out` is left as it was.
+other files alone (the evaluation's tables and plots beside an earlier curve); `replace_files`
+writes a few text files whole. On an exception, an interruption included, what was staged is
+removed and the output is left as it was.
 
 The renames that publish run with SIGINT and SIGTERM held (`interrupts.held_signals`), so a signal
 never leaves half of them done. Each writer holds a lock beside its staging folder while it works,
@@ -19,7 +20,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from codaar.runtime.interrupts import held_signals
@@ -36,10 +37,7 @@ def atomic_output_dir(out, overwrite: bool = False) -> Iterator[Path]:
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
     with _staging(out, "writer of this data set") as tmp:
-        # mkdtemp makes the folder private (0700); give the result the permissions of a normal mkdir.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700): the permissions of a normal mkdir
         yield tmp
         trash = None
         with held_signals():
@@ -73,17 +71,45 @@ def staged_files(out) -> Iterator[Path]:
                 os.replace(path, out / path.name)
 
 
+def replace_files(texts: Mapping[Path, str]) -> None:
+    """Write each text to its file whole: into a temporary file beside it, then renamed over it (the
+    renames with signals held, so all of them happen or none)."""
+    staged = {}
+    try:
+        for path, text in texts.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+            staged[Path(name)] = path
+            with open(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.chmod(name, 0o666 & ~_umask())  # mkstemp makes it private (0600): those of a normal file
+        with held_signals():
+            for name, path in staged.items():
+                os.replace(name, path)
+    finally:
+        for name in staged:
+            name.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def _staging(out: Path, purpose: str) -> Iterator[Path]:
     """A locked staging folder beside ``out``, removed at the end whatever happens."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    lock = FileLock(_lock_of(staging), purpose).acquire()
+    lock = FileLock(_lock_of(staging), purpose)
     try:
+        lock.acquire()  # (fails on a full disk: it writes who holds it)
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         lock.release()
         _lock_of(staging).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def _lock_of(partial: Path) -> Path:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..container import BACKGROUND, TriModalData
+from codaar.runtime.outputs import check_output
+
 from ..format import atomic_output_dir, load_dataset, write_dataset_files
 from ..official_import import _read_csv, fit_segments
 from ..text import caption_tokens, make_text_featurizer, prompt_table
@@ -54,6 +56,7 @@ def _codaar_version() -> str:
 class _Run:
     def __init__(self, inputs, out: Path, settings: ExtractSettings, progress: bool):
         self.s, self.out, self.progress = settings, out, progress
+        self.work_root = out.parent / f".{out.name}.extract"
         self.files = find_media(inputs)
         self.ids = clip_ids_of(self.files)
         t = settings.segments
@@ -66,6 +69,12 @@ class _Run:
             self.classes, self.annotations = label_files.read_labels(settings.labels)
         self.class_index = {name: i for i, name in enumerate(self.classes)}
         self.prompts = self._prompts()
+        reads = {"an input": inputs, "the media file": self.files}
+        for name in ("captions", "labels", "prompts", "vggish_weights", "vggish_pca_params", "vgg19_weights", "bert_path",
+                     "bert_keep_ids"):
+            reads[f"--{name.replace('_', '-')}"] = getattr(settings, name)
+        check_output(out, reads)
+        check_output(self.work_root, reads, "the work folder of --out")  # --restart deletes it
 
         self.featurizer = None
         if self.captions is not None or self.annotations is not None:
@@ -154,7 +163,7 @@ class _Run:
     def extract(self, restart: bool) -> None:
         from .workdir import WorkFolder
 
-        self.work = WorkFolder(self.out.parent / f".{self.out.name}.extract", self.fingerprint(), self.arrays, restart)
+        self.work = WorkFolder(self.work_root, self.fingerprint(), self.arrays, restart)
         done = len(self.work.entries)
         bad = sum(1 for e in self.work.entries if e["skipped"] is not None)
         unannotated = {i: reason for i in range(done, len(self.files)) if (reason := self.missing_annotation(i))}

@@ -82,7 +82,7 @@ class WorkFolder:
         if self.root.exists():
             state = self._read_state()
             if restart or state.get("digest") != digest:
-                if not restart:
+                if not restart and self._read_journal():  # (a folder with no file done has nothing to resume)
                     raise RuntimeError(
                         f"{self.root} holds an unfinished extraction of other inputs or settings; rerun it with the "
                         "same inputs and options to resume it, or pass --restart to discard it")
