@@ -85,7 +85,8 @@ def argv_of(program: str, out, fx) -> tuple[str, list[str]]:
                                      layout["prompts_csv"], "--video-shape", "2,2,8", "--quiet"]),
         "extract": ("data", ["extract", out, str(fx.media), *EXTRACT]),
         "ablate": ("ablate", ["--variants", "full", "--seeds", "1", "--steps", "1", *TINY[:8], "--batch-size", "20",
-                              "--tasks", "ave", "--ave-epochs", "1", "--train-args", f"--data {fx.data}", "--out", out]),
+                              "--tasks", "ave", "--ave-epochs", "1", "--train-args", f"--data {fx.data}",
+                              "--out", out]),
     }[program]
 
 
@@ -279,7 +280,8 @@ def test_interrupted_encode_and_evaluate_leave_no_partial_output(fx, tmp_path):
          ["codaar.model:CoDAARModel.encode", 2, signal.SIGINT]),
         ("encode", [str(fx.run), "--out", str(codes), "--batch-size", "7", "--quiet"],
          ["codaar.model:CoDAARModel.encode", 2, signal.SIGTERM]),
-        ("evaluate", [str(fx.run), "--out", str(earlier), *evaluate], ["codaar.evaluate.run:run_ave", 1, signal.SIGTERM]),
+        ("evaluate", [str(fx.run), "--out", str(earlier), *evaluate],
+         ["codaar.evaluate.run:run_ave", 1, signal.SIGTERM]),
         ("evaluate", [str(fx.run), "--out", str(published), *evaluate], ["os:replace", 1, signal.SIGINT]),  # publishing
     ]
     sigint_encode, sigterm_encode, sigterm_evaluate, sigint_publish = run_child(cases, tmp_path)

@@ -2,7 +2,7 @@
 
 Batches of clips go through `CoDAARModel.encode` (eval mode, frozen codebooks) and stream into
 `.npy` memory maps, so a data set larger than RAM never sits in memory; the output folder appears
-only when complete (`codaar.data.format.atomic_output_dir`). Layout::
+only when complete (`codaar.runtime.publish.atomic_output_dir`). Layout::
 
     manifest.json             format, version, checkpoint (folder, step, SHA-256 of its tensors), K, D,
                               modalities, T, clips, split, data, what was written, settings

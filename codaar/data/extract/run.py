@@ -70,8 +70,8 @@ class _Run:
         self.class_index = {name: i for i, name in enumerate(self.classes)}
         self.prompts = self._prompts()
         reads = {"an input": inputs, "the media file": self.files}
-        for name in ("captions", "labels", "prompts", "vggish_weights", "vggish_pca_params", "vgg19_weights", "bert_path",
-                     "bert_keep_ids"):
+        for name in ("captions", "labels", "prompts", "vggish_weights", "vggish_pca_params", "vgg19_weights",
+                     "bert_path", "bert_keep_ids"):
             reads[f"--{name.replace('_', '-')}"] = getattr(settings, name)
         check_output(out, reads)
         check_output(self.work_root, reads, "the work folder of --out")  # --restart deletes it
