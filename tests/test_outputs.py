@@ -219,6 +219,22 @@ def test_a_full_disk_is_one_line_and_nothing_is_published(fx, tmp_path):
         assert not list(full.glob("baselines.*")) and not (outs["ablate"] / "ablation.md").exists()
 
 
+def test_a_disk_that_fills_under_a_memory_map_is_enospc_not_sigbus(fx, tmp_path):
+    """Room for the headers and the first arrays, not for all: numpy's sparse memory maps used to take
+    the files and die with SIGBUS when a page written through the map found no block (the child's
+    status was -7)."""
+    with tmpfs(tmp_path / "filling", size="1m") as filling:
+        filler = fill(filling)
+        os.truncate(filler, filler.stat().st_size - 96 * 1024)
+        cases = [("encode", [str(fx.run), "--out", str(filling / "codes"), "--with-quantized", "--with-rows",
+                             "--quiet"]),  # rows: 3 x 80 clips x 10 steps x 48 float32 = 450 KiB
+                 ("data", ["synth", str(filling / "data"), "--num-pretrain", "40", "--quiet"])]  # audio: 2.4 MiB
+        for result in run_child(cases, tmp_path):
+            assert result["status"] == 2 and result["traceback"] is None, result
+            assert_last_line(result["stderr"], ".npy: no space left on the device (ENOSPC)")
+        assert leftovers(filling) == []
+
+
 def test_a_full_disk_at_the_first_checkpoint_keeps_the_run_resumable(fx, tmp_path, capsys):
     with tmpfs(tmp_path / "small", size="1m") as small:  # room for the settings and metrics, not a checkpoint
         run = small / "run"

@@ -237,9 +237,9 @@ class ClipWindows:
             raise UnusableMedia("zero length (empty file)")
         settings = self.settings
         with _open(self.path) as container:
-            audio = _AudioSeconds(container)
-            frames = _FramePicker(self.path, settings.frame_size) if settings.video else None
+            audio, frames = _AudioSeconds(container), None
             try:
+                frames = _FramePicker(self.path, settings.frame_size) if settings.video else None
                 for start, samples in self._audio_windows(audio):
                     count = samples.size // SAMPLE_RATE
                     instants = audio.start_time + segment_instants(start, count, settings.frames_per_second)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..container import BACKGROUND, TriModalData
 from codaar.runtime.outputs import check_output
 
+from ..container import BACKGROUND, TriModalData
 from ..format import atomic_output_dir, load_dataset, write_dataset_files
 from ..official_import import _read_csv, fit_segments
 from ..text import caption_tokens, make_text_featurizer, prompt_table
