@@ -51,6 +51,8 @@ from codaar.evaluate import tables
 from codaar.evaluate.run import TASKS
 from codaar.model.config import KNOWN_MODALITIES
 from codaar.run_folder.metrics_log import METRICS_FILE, read_metrics
+from codaar.runtime.outputs import OutputError, check_output, os_error_line
+from codaar.runtime.publish import staged_files
 from codaar.settings import CommandLineParser, add_settings, parse_settings, setting, settings
 
 COMPONENTS = {
@@ -109,6 +111,16 @@ def study_variants(studies, modalities) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def flag_values(args: list[str], flags) -> dict[str, list[str]]:
+    """The values given to each of `flags` in a command line (`--flag value` or `--flag=value`)."""
+    found: dict[str, list[str]] = {flag: [] for flag in flags}
+    for i, arg in enumerate(args):
+        name, equals, value = arg.partition("=")
+        if name in found and (equals or i + 1 < len(args)):
+            found[name].append(value if equals else args[i + 1])
+    return found
+
+
 def train_run(out: Path, flags: list[str], seed: int, size: list[str], log) -> Path:
     run = out / "runs" / flags[0] / f"seed{seed}"
     run.parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +131,8 @@ def train_run(out: Path, flags: list[str], seed: int, size: list[str], log) -> P
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     started = time.perf_counter()
     with open(run.parent / f"seed{seed}.log", "a") as f:
+        f.write(f"$ {shlex.join(cmd)}\n")
+        f.flush()  # here, a full disk stops the ablation with its own message, not only the training's
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0:
         raise AblationError(f"training failed (exit {rc}): {' '.join(cmd)}; see {run.parent / f'seed{seed}.log'}")
@@ -235,9 +249,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     try:
         return run_ablation(command, argv)
-    except (AblationError, EvaluationError) as exc:
-        print(f"python -m codaar.ablate: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except (AblationError, EvaluationError, OutputError) as exc:
+        _fail(str(exc))
+    except OSError as exc:  # a full disk, a read-only or vanished folder, too many open files
+        _fail(os_error_line(exc, command.out))
+
+
+def _fail(message: str) -> None:
+    print(f"python -m codaar.ablate: error: {message}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def _log(line: str) -> None:
@@ -259,6 +279,8 @@ def run_ablation(command: AblateCommand, argv: list[str] | None = None) -> dict:
     if command.steps is not None:  # enough epochs for the requested steps
         size += ["--epochs", "1000"]
     out = Path(command.out)
+    given = flag_values(size, ("--data", "--config"))
+    check_output(out, {f"{flag} of --train-args": values for flag, values in given.items()})
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(v, s) for v in variants for s in seeds]
     flags = {v: [v, *variant_flags(v)] for v in variants}
@@ -282,7 +304,8 @@ def publish(out: Path, stem: str, text: str, argv, size, flags, seeds, **results
     command = "python -m codaar.ablate " + shlex.join(argv if argv is not None else sys.argv[1:])
     payload = {"command": command, "train_flags": size, "variants": {v: f[1:] for v, f in flags.items()},
                "seeds": seeds, **results}
-    tables.write(out, stem, text + f"\ncommand: `{command}`\n", payload)
+    with staged_files(out) as staging:  # both files or neither
+        tables.write(staging, stem, text + f"\ncommand: `{command}`\n", payload)
     print(text)
     return payload
 

@@ -26,9 +26,10 @@ from codaar.data import DataFormatError, TriModalData, build_synthetic, load_dat
 from codaar.model.codaar_model import CoDAARModel
 from codaar.run_folder import checkpoint as ckpt
 from codaar.run_folder.checkpoint import CheckpointError
+from codaar.run_folder.metrics_log import METRICS_FILE
 
 __all__ = ["CheckpointError", "Pretrained", "PretrainedDataError", "check_compatible", "inputs", "load_eval_data",
-           "load_pretrained", "text_mask"]
+           "load_pretrained", "read_paths", "text_mask"]
 
 # The run's settings that name its pretraining data, and the JSON types the trainer records them as.
 PRETRAINING_DATA = {"data": (str, type(None)), "data_preset": (str,), "data_seed": (int,),
@@ -71,6 +72,20 @@ def load_pretrained(path: str | Path) -> Pretrained:
     model = CoDAARModel.from_saved(tensors, meta, folder)
     _check_pretraining_data(meta, str(folder / ckpt.META))
     return Pretrained(model, meta, folder)
+
+
+def read_paths(pretrained: Pretrained, *data: TriModalData) -> dict[str, list[Path]]:
+    """What a program running `pretrained` on `data` reads from disk: the checkpoint, its run's
+    checkpoints, settings and metrics, and each data folder. The program's outputs keep clear of them
+    (`codaar.runtime.outputs.check_output`); the rest of the run folder is free (`<run>/eval`)."""
+    folder = Path(pretrained.path)
+    reads = {"the checkpoint": [folder]}
+    if folder.parent.name == "checkpoints":
+        run = folder.parent.parent
+        reads["the run's checkpoints"] = [folder.parent]
+        reads["the run's settings and metrics"] = [run / "config.json", run / METRICS_FILE]
+    reads["the data set"] = [d.root for d in data if d.root is not None]
+    return reads
 
 
 def _check_pretraining_data(meta: Mapping[str, object], where: str) -> None:

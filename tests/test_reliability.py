@@ -288,10 +288,10 @@ def test_torchrun_restarts_a_killed_worker_and_ends_where_the_uninterrupted_run_
 
 def test_a_killed_data_write_leaves_nothing_the_next_write_keeps(tmp_path):
     from codaar.data import build_synthetic, synthetic_config, write_dataset
-    from codaar.data.format import remove_dead_writes
+    from codaar.runtime.publish import remove_dead_writes
 
     out = tmp_path / "data"
-    holder = ("import sys, time\nfrom codaar.data.format import atomic_output_dir\n"
+    holder = ("import sys, time\nfrom codaar.runtime.publish import atomic_output_dir\n"
               "with atomic_output_dir(sys.argv[1]) as tmp:\n    print(tmp, flush=True)\n    time.sleep(600)\n")
     killed = subprocess.Popen([sys.executable, "-c", holder, str(out)], stdout=subprocess.PIPE, text=True)
     killed_partial = Path(killed.stdout.readline().strip())

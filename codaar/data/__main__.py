@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from codaar.runtime.interrupts import Interrupted, interruptible
+from codaar.runtime.outputs import check_output, os_error_line
 from codaar.settings import (
     CommandLineParser,
     SettingsError,
@@ -165,14 +167,17 @@ def main(argv=None) -> int:
             _print_summary(args.dir, finite=command.finite_check)
         elif args.command == "extract":
             try:
-                print(extract_cli.run(args, command))
-            except KeyboardInterrupt:
-                print(f"interrupted: rerun the same command to resume (work folder beside {args.out})", file=sys.stderr)
-                return 130
+                with interruptible():
+                    print(extract_cli.run(args, command))
+            except Interrupted as exc:
+                print(f"interrupted by {exc.signal_name}: rerun the same command to resume (work folder beside "
+                      f"{args.out})", file=sys.stderr)
+                return exc.exit_status
         else:
             from .official_import import import_official
             from .text import make_text_featurizer
 
+            check_output(args.out, {"--bert-path": command.bert_path, "--bert-keep-ids": command.bert_keep_ids})
             featurizer = make_text_featurizer(command.text_featurizer, dim=command.text_dim,
                                               max_tokens=command.segments, bert_path=command.bert_path,
                                               keep_token_ids_json=command.bert_keep_ids)
@@ -184,8 +189,11 @@ def main(argv=None) -> int:
                                    avvp_categories=command.avvp_categories, skip_missing=command.skip_missing,
                                    overwrite=command.overwrite, progress=command.progress)
             print(f"wrote {args.out}\n{data.summary()}")
-    except (DataFormatError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (DataFormatError, ValueError, RuntimeError) as exc:
         print(f"python -m codaar.data: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only or vanished folder, too many open files
+        print(f"python -m codaar.data: error: {os_error_line(exc, getattr(args, 'out', None))}", file=sys.stderr)
         return 2
     return 0
 

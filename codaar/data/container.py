@@ -7,6 +7,7 @@ data came from.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,18 +159,36 @@ def video_level_class(labels: np.ndarray) -> np.ndarray:
 
 
 def check_finite(array: np.ndarray, file, field_name: str) -> None:
-    """Scan ``array`` (possibly memory-mapped, larger than RAM) for NaN/Inf in bounded chunks."""
+    """Scan ``array`` (possibly memory-mapped, larger than RAM) for NaN/Inf, _FINITE_SCAN_BYTES at a time."""
     if array.dtype.kind != "f" or array.size == 0:
         return
-    row_bytes = max(1, array[:1].nbytes)
-    step = max(1, _FINITE_SCAN_BYTES // row_bytes)
-    for start in range(0, array.shape[0], step):
-        chunk = np.asarray(array[start : start + step])
+    for start, chunk in _row_chunks(array, max(1, _FINITE_SCAN_BYTES // max(1, array[:1].nbytes))):
         if not np.isfinite(chunk).all():
             bad = np.argwhere(~np.isfinite(chunk))[0]
             value = chunk[tuple(bad)]
             where = (start + int(bad[0]),) + tuple(int(i) for i in bad[1:])
             raise DataFormatError(file, field_name, "finite values", f"{value} at index {list(where)}")
+
+
+def _row_chunks(array: np.ndarray, rows: int):
+    """(first row, rows of ``array``) ``rows`` at a time. A memory-mapped ``.npy`` is read from its file
+    into one reused buffer: the pages of a map would stay resident until it is closed, so scanning
+    through the map would end with the whole array in the process's memory."""
+    mapped = isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.filename is not None
+    if not (mapped and array.flags.c_contiguous):
+        for start in range(0, array.shape[0], rows):
+            yield start, np.asarray(array[start : start + rows])
+        return
+    row_shape, row_bytes = array.shape[1:], array[:1].nbytes
+    buffer = bytearray(rows * row_bytes)
+    with open(array.filename, "rb") as fh:
+        fh.seek(array.offset)
+        for start in range(0, array.shape[0], rows):
+            count = min(rows, array.shape[0] - start)
+            view = memoryview(buffer)[: count * row_bytes]
+            if fh.readinto(view) != len(view):
+                raise DataFormatError(array.filename, "data", f"{array.shape[0]} rows", "a file cut short while read")
+            yield start, np.frombuffer(view, dtype=array.dtype).reshape((count,) + row_shape)
 
 
 def validate(data: TriModalData, files: dict[str, object] | None = None, finite: bool = True) -> None:

@@ -24,17 +24,13 @@ next to its destination and rename it into place, so a crash never leaves half a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from codaar.runtime.locks import FileLock, is_held
+from codaar.runtime.publish import atomic_output_dir  # the writers of data sets publish through it
 
 from .container import TriModalData, validate
 from .errors import DataFormatError
@@ -49,63 +45,6 @@ TEXT_KINDS = ("class-prompt", "per-clip")
 
 # ----------------------------------------------------------------------------------------------
 # Writing
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out, overwrite: bool = False):
-    """Yield a fresh temporary folder beside ``out``; on success it becomes ``out`` by rename.
-
-    On any exception the temporary folder is deleted and ``out`` is left as it was (absent, or
-    the previous data set when overwriting). The writer holds a lock beside its temporary folder
-    while it works, so what a killed writer left (its folder, an old copy moved aside) is told
-    apart from a live writer's and removed at the next write to ``out``.
-    """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_writes(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    lock = FileLock(_lock_of(tmp), "writer of this data set").acquire()
-    # mkdtemp makes the folder private (0700); give the result the permissions of a normal mkdir.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    try:
-        yield tmp
-        if out.exists():
-            # Move the old folder aside first: os.replace cannot replace a non-empty folder.
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        lock.release()
-        _lock_of(tmp).unlink(missing_ok=True)
-
-
-def _lock_of(partial: Path) -> Path:
-    return partial.with_name(partial.name + ".lock")
-
-
-def remove_dead_writes(out) -> list[Path]:
-    """Remove what killed writers of ``out`` left beside it (``.<name>.partial-*`` folders whose lock
-    no live process holds, and old copies moved aside, ``.<name>.old-*``, when no writer is live)."""
-    out = Path(out)
-    partials = [p for p in out.parent.glob(f".{out.name}.partial-*") if p.is_dir()]
-    live = [p for p in partials if is_held(_lock_of(p))]
-    dead = [p for p in partials if p not in live]
-    if not live:
-        dead += [p for p in out.parent.glob(f".{out.name}.old-*") if p.is_dir()]
-    for path in dead:
-        shutil.rmtree(path, ignore_errors=True)
-        _lock_of(path).unlink(missing_ok=True)
-    return dead
 
 
 def _dtype_label(dtype: np.dtype) -> str:

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from codaar.runtime.memmaps import reserved_memmap
+from codaar.runtime.outputs import check_output
+
 from .container import BACKGROUND, TriModalData
 from .errors import DataFormatError
 from .format import atomic_output_dir, load_dataset, write_dataset_files
@@ -205,9 +208,10 @@ def import_official(meta_csv, audio_dir, video_dir, prompts_csv, out, *, audio_s
     ``avvp_video`` = clips that have AVVP rows. ``text_featurizer`` defaults to the offline hashed
     featurizer at BERT's width (768).
     """
-    from numpy.lib.format import open_memmap
-
     meta_csv, audio_dir, video_dir = Path(meta_csv), Path(audio_dir), Path(video_dir)
+    check_output(out, {"--meta": meta_csv, "--audio-dir": audio_dir, "--video-dir": video_dir, "--prompts": prompts_csv,
+                       "--categories": categories_file, "--ave-labels": ave_annotations, "--avvp-audio": avvp_audio_csv,
+                       "--avvp-visual": avvp_visual_csv, "--avvp-categories": avvp_categories})
     rows = _read_csv(meta_csv, ("category", "video_id", "split"))
     if not rows:
         raise DataFormatError(meta_csv, "rows", "at least one clip", "none")
@@ -277,8 +281,8 @@ def import_official(meta_csv, audio_dir, video_dir, prompts_csv, out, *, audio_s
     counts = {"audio": {"ok": 0, "padded": 0, "truncated": 0}, "video": {"ok": 0, "padded": 0, "truncated": 0}}
     n = len(kept)
     with atomic_output_dir(out, overwrite) as tmp:
-        audio = open_memmap(tmp / "audio.npy", mode="w+", dtype=dtype, shape=(n, segments) + tuple(audio_shape))
-        video = open_memmap(tmp / "video.npy", mode="w+", dtype=dtype, shape=(n, segments) + tuple(video_shape))
+        audio = reserved_memmap(tmp / "audio.npy", dtype, (n, segments) + tuple(audio_shape))
+        video = reserved_memmap(tmp / "video.npy", dtype, (n, segments) + tuple(video_shape))
         clips = enumerate(kept)
         if progress:
             from tqdm import tqdm

@@ -47,6 +47,9 @@ from pathlib import Path
 
 import numpy as np
 
+from codaar.runtime.memmaps import reserved_memmap
+from codaar.runtime.outputs import check_output
+
 from .container import BACKGROUND, TriModalData
 from .format import atomic_output_dir, load_dataset, write_dataset_files
 from .text import HashedTextFeaturizer, caption_tokens, prompt_table
@@ -516,14 +519,12 @@ def write_synthetic(out, config: SyntheticConfig | None = None, overwrite: bool 
     """Write the built-in data set to ``out`` in the project's format, streaming block by block
     into memory-mapped files (so the paper preset never needs its 3 GB in RAM). Returns the
     written data set opened lazily."""
-    from numpy.lib.format import open_memmap
-
     config = _resolve_config(config, overrides)
     n, t_len = config.num_clips, config.segments
+    check_output(out)  # reads no file; refused only where it cannot be written
     with atomic_output_dir(out, overwrite) as tmp:
-        audio = open_memmap(tmp / "audio.npy", mode="w+", dtype=config.dtype, shape=(n, t_len, config.audio_dim))
-        video = open_memmap(tmp / "video.npy", mode="w+", dtype=config.dtype,
-                            shape=(n, t_len) + tuple(config.video_shape))
+        audio = reserved_memmap(tmp / "audio.npy", config.dtype, (n, t_len, config.audio_dim))
+        video = reserved_memmap(tmp / "video.npy", config.dtype, (n, t_len) + tuple(config.video_shape))
         data = _generate(config, audio, video, progress)
         audio.flush()
         video.flush()

@@ -4,7 +4,9 @@ Per clip, per second, per modality, the code index ([N, T] int64 per modality), 
 quantized vectors and the full codebook rows, as `.npy` files with a manifest (the checkpoint and
 the SHA-256 of its tensors, K, D, the modalities, the clips). The data set defaults to the one the
 run was trained on. A user error (no checkpoint, data without a modality, feature sizes that do not
-fit) prints one line and exits with status 2.
+fit, an output that would overwrite an input or cannot be written, a full disk) prints one line and
+exits with status 2. Interrupted (SIGINT, SIGTERM), it leaves no partial output, says so in one line
+and exits with 130 or 143.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import argparse
 import sys
 
 from codaar.encode.export import EncodeError, EncodeSettings, encode_dataset
+from codaar.runtime.interrupts import Interrupted, interrupted_line, interruptible
+from codaar.runtime.outputs import OutputError, os_error_line
 from codaar.settings import (
     CommandLineParser,
     add_settings,
@@ -47,16 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     command, args = parse_settings(build_parser(), EncodeCommand, argv)
     try:
-        manifest = encode_dataset(args.checkpoint, command.out, command.encode, overwrite=command.overwrite,
-                                  progress=command.progress)
-    except (EncodeError, FileExistsError) as exc:
-        print(f"python -m codaar.encode: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        with interruptible():
+            manifest = encode_dataset(args.checkpoint, command.out, command.encode, overwrite=command.overwrite,
+                                      progress=command.progress)
+    except (EncodeError, FileExistsError, OutputError) as exc:
+        _fail(str(exc))
+    except OSError as exc:  # a full disk, a read-only or vanished folder, too many open files
+        _fail(os_error_line(exc, command.out))
+    except Interrupted as exc:
+        print(f"python -m codaar.encode: {interrupted_line(exc, command.out)}", file=sys.stderr)
+        raise SystemExit(exc.exit_status) from None
     written = ", ".join(manifest["written"])
     print(f"wrote {command.out}: {manifest['clips']} clips x {manifest['segments']} steps, "
           f"{'/'.join(manifest['modalities'])} ({written}), K={manifest['num_codes']}, "
           f"checkpoint {manifest['checkpoint']['folder']} (step {manifest['checkpoint']['step']})")
     return manifest
+
+
+def _fail(message: str) -> None:
+    print(f"python -m codaar.encode: error: {message}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

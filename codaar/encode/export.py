@@ -2,7 +2,7 @@
 
 Batches of clips go through `CoDAARModel.encode` (eval mode, frozen codebooks) and stream into
 `.npy` memory maps, so a data set larger than RAM never sits in memory; the output folder appears
-only when complete (`codaar.data.format.atomic_output_dir`). Layout::
+only when complete (`codaar.runtime.publish.atomic_output_dir`). Layout::
 
     manifest.json             format, version, checkpoint (folder, step, SHA-256 of its tensors), K, D,
                               modalities, T, clips, split, data, what was written, settings
@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from codaar.data.format import atomic_output_dir
@@ -38,8 +37,11 @@ from codaar.pretrained import (
     inputs,
     load_eval_data,
     load_pretrained,
+    read_paths,
     text_mask,
 )
+from codaar.runtime.memmaps import reserved_memmap
+from codaar.runtime.outputs import check_output
 from codaar.settings import SettingsError, setting, settings
 
 FORMAT = "codaar-codes"
@@ -83,7 +85,8 @@ class EncodeSettings:
 def encode_dataset(checkpoint, out, settings: EncodeSettings | None = None, *, overwrite: bool = False,
                    progress: bool = False) -> dict:
     """Write the codes of `checkpoint` (a run folder or a checkpoint folder) for a data set to the
-    folder `out`; returns the manifest. Raises EncodeError (or FileExistsError) on bad input."""
+    folder `out`; returns the manifest. Raises EncodeError (or FileExistsError) on bad input, OutputError
+    for an `out` that is, contains or lies inside what it reads, or cannot be written."""
     settings = settings or EncodeSettings()
     try:
         pretrained = load_pretrained(checkpoint)
@@ -103,6 +106,7 @@ def encode_dataset(checkpoint, out, settings: EncodeSettings | None = None, *, o
     device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EncodeError(f"--device {settings.device}: this torch sees no CUDA device")
+    check_output(out, read_paths(pretrained, data))  # before anything is written or replaced
     model.to(device)
 
     outputs = ("indices",) + ("quantized",) * settings.with_quantized + ("rows",) * settings.with_rows
@@ -114,7 +118,7 @@ def encode_dataset(checkpoint, out, settings: EncodeSettings | None = None, *, o
         def array(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
             path = tmp / f"{name}.npy"
             path.parent.mkdir(parents=True, exist_ok=True)
-            arrays[name] = open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            arrays[name] = reserved_memmap(path, dtype, shape)
             files[name] = {"file": f"{name}.npy", "shape": list(shape), "dtype": np.dtype(dtype).name}
             return arrays[name]
 

@@ -10,7 +10,9 @@
 
 `--protocol clean` (default) or `official` (the authors' scripts as coded) or `both`; see
 `codaar.evaluate.protocols` for exactly what differs. A user error (no checkpoint, data that does
-not fit the model, missing labels) prints one line and exits with status 2.
+not fit the model, missing labels, an output that would overwrite an input or cannot be written, a
+full disk) prints one line and exits with status 2. Interrupted (SIGINT, SIGTERM), it leaves the
+output folder as it was, says so in one line and exits with 130 or 143.
 
 `python -m codaar.evaluate baselines [--data DIR | --preset P ...]`: a data set's reference
 baselines, without a checkpoint (`codaar.evaluate.baselines`).
@@ -35,6 +37,9 @@ from codaar.evaluate.curve import transfer_curve
 from codaar.evaluate.errors import EvaluationError
 from codaar.evaluate.protocols import AVE_DEFAULTS, AVVP_DEFAULTS, PROTOCOLS
 from codaar.evaluate.run import TASKS, evaluate
+from codaar.runtime.interrupts import Interrupted, interrupted_line, interruptible
+from codaar.runtime.outputs import OutputError, check_output, os_error_line
+from codaar.runtime.publish import replace_files
 from codaar.settings import CommandLineParser, add_settings, nested, parse_settings, setting, settings
 
 BASELINES = "baselines"  # the subcommand; any other first argument is a checkpoint
@@ -114,10 +119,15 @@ def main(argv: list[str] | None = None) -> dict:
         ckpt_path = Path(args.checkpoint)
         out = (ckpt_path if (ckpt_path / "config.json").is_file() else ckpt_path.parent.parent) / "eval"
     try:
-        result = run_cli(args.checkpoint, command, protocols, out)
-    except EvaluationError as exc:
-        print(f"python -m codaar.evaluate: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        with interruptible():
+            result = run_cli(args.checkpoint, command, protocols, out)
+    except (EvaluationError, OutputError) as exc:
+        _fail("python -m codaar.evaluate", str(exc))
+    except OSError as exc:  # a full disk, a read-only or vanished folder, too many open files
+        _fail("python -m codaar.evaluate", os_error_line(exc, out))
+    except Interrupted as exc:
+        print(f"python -m codaar.evaluate: {interrupted_line(exc, out)}", file=sys.stderr)
+        raise SystemExit(exc.exit_status) from None
     report = out / ("curve.md" if command.curve else "tables.md")
     print(report.read_text())
     print(f"written: {report}, {report.with_suffix('.json').name}" + (", *.png" if command.plots else ""))
@@ -154,7 +164,14 @@ def baselines(argv: list[str]) -> dict:
     written to OUT.json / OUT.md with --out). A user error prints one line and exits with status 2."""
     command, _ = parse_settings(build_baselines_parser(), BaselinesCommand, argv)
     torch.set_num_threads(command.threads)
+    stem = files = None
+    if command.out is not None:
+        out = Path(command.out)
+        stem = out.with_suffix("") if out.suffix in (".json", ".md") else out
+        files = (stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md"))
     try:
+        for path in files or ():
+            check_output(path, {"--data": command.data})
         data = load_dataset(command.data) if command.data is not None else build_synthetic(command.synthetic.config())
         defaults = BaselineSettings()
         chosen = replace(defaults, head=replace(defaults.head, lr=command.head_lr, epochs=command.head_epochs))
@@ -163,17 +180,19 @@ def baselines(argv: list[str]) -> dict:
         report["command"] = line
         text = markdown(report, line)
         print(text)
-        if command.out is not None:
-            out = Path(command.out)
-            stem = out.with_suffix("") if out.suffix in (".json", ".md") else out
-            stem.parent.mkdir(parents=True, exist_ok=True)
-            stem.with_name(stem.name + ".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-            stem.with_name(stem.name + ".md").write_text(text, encoding="utf-8")
+        if stem is not None:
+            replace_files({files[0]: json.dumps(report, indent=1) + "\n", files[1]: text})
             print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
-    except (DataFormatError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"python -m codaar.evaluate {BASELINES}: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except (DataFormatError, ValueError, RuntimeError) as exc:
+        _fail(f"python -m codaar.evaluate {BASELINES}", str(exc))
+    except OSError as exc:
+        _fail(f"python -m codaar.evaluate {BASELINES}", os_error_line(exc, command.out))
     return report
+
+
+def _fail(program: str, message: str) -> None:
+    print(f"{program}: error: {message}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def cli() -> None:

@@ -15,8 +15,11 @@ import numpy as np
 from codaar.evaluate import tables
 from codaar.evaluate.errors import EvaluationError
 from codaar.evaluate.features import load_eval_data, load_pretrained
+from codaar.pretrained import read_paths
 from codaar.run_folder import checkpoint as ckpt
 from codaar.run_folder.metrics_log import METRICS_FILE, read_metrics
+from codaar.runtime.outputs import check_output
+from codaar.runtime.publish import staged_files
 
 TRANSFER_SHARE = 0.95
 
@@ -45,6 +48,8 @@ def transfer_curve(run: str | Path, every: int = 1, tasks=("ave",), ave: dict | 
     folders = checkpoints_of(run, every)
     first = load_pretrained(folders[0])
     data = load_eval_data(first)
+    if out is not None:
+        check_output(out, read_paths(first, data))
     mods = first.modalities
     directions = [(s, t) for s in mods for t in mods if s != t]
     points = []
@@ -76,7 +81,11 @@ def logged_health(run: Path, modalities) -> dict[str, list[float]]:
 
 
 def write_curve(curve: dict, out: Path, plots: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    with staged_files(out) as staging:  # out gets every file or none, even when interrupted
+        _write_curve_files(curve, staging, plots)
+
+
+def _write_curve_files(curve: dict, out: Path, plots: bool) -> None:
     # per task and direction
     header = ["step", "transfer"] + [k for k in curve["points"][0] if k not in ("step", "transfer")]
     body = [[str(p["step"])] + [tables.fmt(p[k]) for k in header[1:]] for p in curve["points"]]

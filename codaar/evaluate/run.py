@@ -29,7 +29,9 @@ from codaar.evaluate.protocols import (
     run_retrieval,
     with_settings,
 )
-from codaar.pretrained import Pretrained
+from codaar.pretrained import Pretrained, read_paths
+from codaar.runtime.outputs import check_output
+from codaar.runtime.publish import staged_files
 
 TASKS = ("ave", "avvp", "retrieval")
 
@@ -133,6 +135,8 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise EvaluationError(f"--tasks: expected names from {TASKS}, found {unknown}")
+    if out is not None:
+        check_output(out, {**read_paths(pretrained, data_a, data_b), "--class-map": class_map})
     mods = pretrained.modalities
     pairs = directions or tables.directions(mods)
     ave_settings = with_settings(AVE_DEFAULTS, **(ave or {}))
@@ -159,11 +163,12 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
         if "retrieval" in tasks and protocol == protocols[0]:  # no head: the same under both protocols
             result["retrieval"] = run_retrieval(task, pairs)
     if out is not None:
-        write_report(result, Path(out), protocols)
-        if plots:
-            from codaar.evaluate import plots as plotting
+        with staged_files(out) as staging:  # out gets every file or none, even when interrupted
+            write_report(result, staging, protocols)
+            if plots:
+                from codaar.evaluate import plots as plotting
 
-            plotting.plot_all(pretrained, data_a, Path(out))
+                plotting.plot_all(pretrained, data_a, staging)
     return result
 
 

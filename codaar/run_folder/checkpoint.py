@@ -18,11 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 FORMAT = "codaar-checkpoint"
@@ -75,7 +77,7 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
     try:
         os.chmod(staging, 0o755)
         tensor_path = staging / TENSORS
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tensor_path)
+        _save_tensors(tensors, tensor_path)
         _fsync(tensor_path)
         digest = file_digest(tensor_path)  # of the bytes on disk, as a later load reads them
         with open(staging / META, "w") as f:
@@ -96,6 +98,17 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
     _fsync(root)
     _prune(root, keep)
     return final
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' save_file; its I/O failures (a full disk) become the OSError they are, naming `path`."""
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path)
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
 def _prune(root: Path, keep: int) -> None:

@@ -124,6 +124,11 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
     return settings_from_args(TrainConfig, build_parser().parse_args(argv))
 
 
+def config_file_of(argv: Sequence[str] | None = None) -> str | None:
+    """The `--config FILE` of a command line that `parse_config` accepted."""
+    return build_parser().parse_known_args(argv)[0].config
+
+
 def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """`config_from_args` for a command-line program: a bad setting prints one line and exits 2."""
     return parse_settings(build_parser(), TrainConfig, argv)[0]

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import threading
 import time
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,127 +92,222 @@ def _open(path: Path):
         raise UnusableMedia(f"unreadable container ({_describe(exc)})") from None
 
 
-def decode_audio(path: Path, max_seconds: int | None = None) -> tuple[np.ndarray, float]:
-    """Mono 16 kHz float32 samples of the first audio stream (at most ``max_seconds`` of them when
-    given), and the stream time (s) of the first sample."""
-    import av
+def _mono(frame) -> np.ndarray:
+    return frame.to_ndarray().mean(axis=0, dtype=np.float64).astype(np.float32)
 
-    with _open(path) as container:
+
+class _AudioSeconds:
+    """The first audio stream of an open container as mono 16 kHz samples, decoded as they are read,
+    whole seconds at a time; memory holds what one read returns."""
+
+    def __init__(self, container):
         if not container.streams.audio:
             raise UnusableMedia("no audio track")
-        stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="fltp", rate=SAMPLE_RATE)  # keeps the channels; averaged below
-        chunks, collected, first_time = [], 0, None
-        limit = None if max_seconds is None else max_seconds * SAMPLE_RATE
+        self.start_time: float | None = None  # stream time (s) of the first sample, known after the first read
+        self.samples = 0  # decoded so far, a trailing part of a second included
+        self._chunks = self._decoded(container, container.streams.audio[0])
+        self._pending: list[np.ndarray] = []
+        self._held = 0
+
+    def _decoded(self, container, stream):
+        import av
+
+        resampler = av.AudioResampler(format="fltp", rate=SAMPLE_RATE)  # keeps the channels; averaged here
         try:
             for frame in container.decode(stream):
-                if first_time is None:
-                    first_time = frame.time or 0.0
+                if self.start_time is None:
+                    self.start_time = float(frame.time or 0.0)
                 for out in resampler.resample(frame):
-                    chunk = out.to_ndarray().mean(axis=0, dtype=np.float64).astype(np.float32)
-                    chunks.append(chunk)
-                    collected += chunk.size
-                if limit is not None and collected >= limit:
-                    break
-            else:
-                for out in resampler.resample(None):
-                    chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float64).astype(np.float32))
+                    chunk = _mono(out)
+                    self.samples += chunk.size
+                    yield chunk
+            for out in resampler.resample(None):
+                chunk = _mono(out)
+                self.samples += chunk.size
+                yield chunk
         except Exception as exc:
-            raise UnusableMedia(f"corrupt audio stream after {collected / SAMPLE_RATE:.2f} s "
+            raise UnusableMedia(f"corrupt audio stream after {self.samples / SAMPLE_RATE:.2f} s "
                                 f"({_describe(exc)})") from None
-    samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    if limit is not None:
-        samples = samples[:limit]
-    return samples, float(first_time or 0.0)
+
+    def read(self, seconds: int) -> np.ndarray:
+        """The next `seconds` whole seconds of samples; fewer whole seconds where the stream ends first
+        (a trailing part of a second is never returned)."""
+        wanted = seconds * SAMPLE_RATE
+        while self._held < wanted:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._pending.append(chunk)
+            self._held += chunk.size
+        taken = min(wanted, self._held // SAMPLE_RATE * SAMPLE_RATE)
+        held = np.concatenate(self._pending) if self._pending else np.zeros(0, np.float32)
+        self._pending, self._held = ([held[taken:]] if held.size > taken else []), held.size - taken
+        return held[:taken]
+
+    def skip(self, seconds: int | None, step: int) -> None:
+        """Read and drop `seconds` whole seconds (None: all that are left), `step` at a time."""
+        while seconds is None or seconds > 0:
+            read = self.read(step if seconds is None else min(step, seconds)).size // SAMPLE_RATE
+            if read == 0:
+                return
+            if seconds is not None:
+                seconds -= read
+
+    def close(self) -> None:
+        self._chunks.close()
 
 
-def decode_frames(path: Path, instants: np.ndarray, size: int) -> np.ndarray | None:
-    """RGB frames [*instants.shape, S, S, 3] uint8 nearest to the given stream times (sorted
-    ascending when flattened); None when the file has no video stream."""
-    flat = instants.reshape(-1)
-    with _open(path) as container:
-        if not container.streams.video:
-            return None
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate
-        picks: list[np.ndarray | None] = [None] * flat.size
-        pending = 0
-        previous = None  # (time, frame, its RGB array once converted)
+class _FramePicker:
+    """The decoded frames nearest to instants given in ascending order over successive calls, converted
+    to RGB S x S; the video stream is decoded once, front to back, as the instants advance."""
 
-        def rgb(entry):
-            if entry[2] is None:
-                entry[2] = entry[1].to_ndarray(format="rgb24", width=size, height=size, interpolation="BILINEAR")
-            return entry[2]
+    def __init__(self, path: Path, size: int):
+        self.container = _open(path)
+        self.stream = self.container.streams.video[0] if self.container.streams.video else None
+        self.size = size
+        self.previous = self.current = None  # [time, frame, its RGB array once converted]
+        self.ended = False
+        self._frames = self._decoded() if self.stream is not None else None
 
+    def _decoded(self):
+        rate = self.stream.average_rate or self.stream.guessed_rate
         try:
-            for index, frame in enumerate(container.decode(stream)):
+            for index, frame in enumerate(self.container.decode(self.stream)):
                 when = frame.time
                 if when is None:
                     if not rate:
                         raise UnusableMedia("video frames without timestamps or frame rate")
                     when = index / float(rate)
-                current = [when, frame, None]
-                while pending < flat.size and when >= flat[pending]:
-                    # the nearer of the frames just before and at/after the instant (ties: the earlier)
-                    nearer = previous if previous is not None and flat[pending] - previous[0] <= when - flat[pending] \
-                        else current
-                    picks[pending] = rgb(nearer)
-                    pending += 1
-                if pending == flat.size:
-                    break
-                previous = current
+                yield [when, frame, None]
         except UnusableMedia:
             raise
         except Exception as exc:
             raise UnusableMedia(f"corrupt video stream ({_describe(exc)})") from None
-        if previous is None and pending == 0:
-            raise UnusableMedia("video track without decodable frames")
-        while pending < flat.size:  # the video ends before the audio: hold its last frame
-            picks[pending] = rgb(previous)
-            pending += 1
-    return np.stack(picks).reshape(instants.shape + (size, size, 3))
+
+    def _rgb(self, entry) -> np.ndarray:
+        if entry[2] is None:
+            entry[2] = entry[1].to_ndarray(format="rgb24", width=self.size, height=self.size, interpolation="BILINEAR")
+        return entry[2]
+
+    def pick(self, instants: np.ndarray) -> np.ndarray | None:
+        """RGB frames [*instants.shape, S, S, 3] uint8 (None when the file has no video stream): for each
+        instant the nearer of the frames just before and at/after it (ties: the earlier); a video that
+        ends first holds its last frame."""
+        if self._frames is None:
+            return None
+        picks = []
+        for instant in instants.reshape(-1):
+            while not self.ended and (self.current is None or self.current[0] < instant):
+                if self.current is not None:
+                    self.previous = self.current
+                self.current = next(self._frames, None)
+                self.ended = self.current is None
+            if self.ended:
+                if self.previous is None:
+                    raise UnusableMedia("video track without decodable frames")
+                picks.append(self._rgb(self.previous))
+            elif self.previous is not None and instant - self.previous[0] <= self.current[0] - instant:
+                picks.append(self._rgb(self.previous))
+            else:
+                picks.append(self._rgb(self.current))
+        return np.stack(picks).reshape(instants.shape + (self.size, self.size, 3))
+
+    def close(self) -> None:
+        if self._frames is not None:
+            self._frames.close()
+        self.container.close()
+
+
+class ClipWindows:
+    """The windows of one media file, decoded as they are iterated: memory holds one window's samples,
+    log-mel examples and frames, however long the file (an hour of audio is 230 MB of samples).
+
+    Iterating raises `UnusableMedia` with the reason when the file cannot give a clip, possibly after
+    some windows ("every": a stream corrupt in its middle). `seconds`: the whole seconds of audio
+    decoded (all of them once iterated; "first" stops after T). The "centre" policy decodes the audio
+    twice: once to count its seconds, once up to the window."""
+
+    def __init__(self, path, settings: DecodeSettings):
+        self.path, self.settings, self.seconds = Path(path), settings, 0
+
+    def __iter__(self):
+        if not self.path.is_file():
+            raise UnusableMedia("no such file")
+        if self.path.stat().st_size == 0:
+            raise UnusableMedia("zero length (empty file)")
+        settings = self.settings
+        with _open(self.path) as container:
+            audio, frames = _AudioSeconds(container), None
+            try:
+                frames = _FramePicker(self.path, settings.frame_size) if settings.video else None
+                for start, samples in self._audio_windows(audio):
+                    count = samples.size // SAMPLE_RATE
+                    instants = audio.start_time + segment_instants(start, count, settings.frames_per_second)
+                    yield Window(start=start, log_mel=examples_per_second(samples.reshape(count, SAMPLE_RATE)),
+                                 frames=None if frames is None else frames.pick(instants))
+            finally:
+                audio.close()
+                if frames is not None:
+                    frames.close()
+
+    def _audio_windows(self, audio: _AudioSeconds):
+        """(first second, samples) of each window the policy takes (see `window_starts`)."""
+        t, policy = self.settings.segments, self.settings.window
+        if policy not in WINDOW_POLICIES:
+            raise ValueError(f"window policy: expected one of {WINDOW_POLICIES}, got {policy!r}")
+        first = audio.read(t)
+        self.seconds = first.size // SAMPLE_RATE
+        if self.seconds == 0:
+            if audio.samples == 0:
+                raise UnusableMedia("zero length (no audio samples decoded)")
+            raise UnusableMedia(f"shorter than one second ({audio.samples / SAMPLE_RATE:.2f} s of audio)")
+        if policy == "first" or self.seconds < t:
+            yield 0, first
+        elif policy == "every":
+            yield 0, first
+            while (block := audio.read(t)).size:
+                self.seconds += block.size // SAMPLE_RATE
+                if block.size < t * SAMPLE_RATE:
+                    return  # a tail shorter than T is dropped
+                yield self.seconds - t, block
+        else:  # centre: count the seconds, then decode again up to the window
+            audio.skip(None, t)
+            self.seconds = audio.samples // SAMPLE_RATE
+            start = window_starts(self.seconds, t, policy)[0]
+            if start == 0:
+                yield 0, first
+                return
+            with _open(self.path) as container:
+                again = _AudioSeconds(container)
+                try:
+                    again.skip(start, t)
+                    window = again.read(t)
+                finally:
+                    again.close()
+            yield start, window
 
 
 def decode_clip(path, settings: DecodeSettings) -> DecodedClip:
-    """Everything the feature models need from one file; raises `UnusableMedia` with the reason
-    when the file cannot give a clip."""
-    path = Path(path)
-    if not path.is_file():
-        raise UnusableMedia("no such file")
-    if path.stat().st_size == 0:
-        raise UnusableMedia("zero length (empty file)")
-    t = settings.segments
-    samples, audio_start = decode_audio(path, max_seconds=t if settings.window == "first" else None)
-    if samples.size == 0:
-        raise UnusableMedia("zero length (no audio samples decoded)")
-    seconds = samples.size // SAMPLE_RATE
-    if seconds == 0:
-        raise UnusableMedia(f"shorter than one second ({samples.size / SAMPLE_RATE:.2f} s of audio)")
-    starts = window_starts(seconds, t, settings.window)
-    counts = [min(t, seconds - s) for s in starts]
-    log_mels = [examples_per_second(samples[s * SAMPLE_RATE:(s + n) * SAMPLE_RATE].reshape(n, SAMPLE_RATE))
-                for s, n in zip(starts, counts)]
-    frames = None
-    if settings.video:
-        instants = np.concatenate([segment_instants(s, n, settings.frames_per_second) for s, n in zip(starts, counts)])
-        frames = decode_frames(path, audio_start + instants, settings.frame_size)
-    windows, row = [], 0
-    for s, n, mel in zip(starts, counts, log_mels):
-        windows.append(Window(start=s, log_mel=mel, frames=None if frames is None else frames[row:row + n]))
-        row += n
-    return DecodedClip(seconds=seconds, windows=windows)
+    """Every window of one file at once (`ClipWindows` streams them); raises `UnusableMedia` with the
+    reason when the file cannot give a clip."""
+    clip = ClipWindows(path, settings)
+    windows = list(clip)
+    return DecodedClip(seconds=clip.seconds, windows=windows)
 
 
-def decode_job(job: tuple[int, str, DecodeSettings]) -> tuple[int, DecodedClip | str]:
-    """Worker entry point: (file index, clip or the reason it is unusable). Every failure of a
-    file becomes a reason, so one bad file never stops the run."""
-    index, path, settings = job
-    try:
-        return index, decode_clip(path, settings)
-    except UnusableMedia as exc:
-        return index, str(exc)
-    except Exception as exc:  # a decoder failure we did not anticipate is still about this file
-        return index, f"decoding failed ({_describe(exc)})"
+def _guarded(clip: ClipWindows):
+    """The windows of `clip`; a decoder failure we did not anticipate is still about this file."""
+    windows = iter(clip)
+    while True:
+        try:
+            window = next(windows)
+        except StopIteration:
+            return
+        except UnusableMedia:
+            raise
+        except Exception as exc:
+            raise UnusableMedia(f"decoding failed ({_describe(exc)})") from None
+        yield window
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -228,30 +321,62 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+WINDOWS_AHEAD = 2  # windows a decode worker may have ready before the models take them
+
+
+def _decode_worker(jobs: list, windows, parent: int) -> None:
+    """A decode process: the files of `jobs` in order, each as its windows then ("done", ...) or
+    ("unusable", reason) on the queue `windows`."""
+    _exit_with_parent(parent)
+    for index, path, settings in jobs:
+        try:
+            for window in _guarded(ClipWindows(path, settings)):
+                windows.put(("window", index, window))
+            windows.put(("done", index, None))
+        except UnusableMedia as exc:
+            windows.put(("unusable", index, str(exc)))
+
+
+def _received(windows, worker, job):
+    """The windows of `job` as a decode worker sends them; UnusableMedia with the worker's reason."""
+    while True:
+        try:
+            kind, index, payload = windows.get(timeout=1.0)
+        except queue.Empty:
+            if worker.is_alive():
+                continue
+            raise RuntimeError(
+                f"a decode worker died while decoding {job[1]} or a file after it (FFmpeg crashed?); "
+                "rerun the same command to resume, or use --workers 0 to find the file") from None
+        if index != job[0]:
+            raise RuntimeError(f"decode worker out of order: file {index} while {job[0]} was expected")
+        if kind == "done":
+            return
+        if kind == "unusable":
+            raise UnusableMedia(payload)
+        yield payload
+
+
 def decoded_in_order(jobs: list, workers: int):
-    """(file index, clip or reason) in input order; with workers, at most 2 x workers files are
-    decoded ahead of the models, so memory stays bounded however many files there are."""
+    """(file index, its windows) in input order, for jobs (file index, path, DecodeSettings); iterating
+    a file's windows (all of them, before the next file's) raises `UnusableMedia` with the reason a
+    file cannot give a clip. With workers, worker w decodes files w, w + workers, ... and is at most
+    WINDOWS_AHEAD windows ahead, so memory stays bounded however many and however long the files are."""
     if workers == 0:
-        for job in jobs:
-            yield decode_job(job)
+        for index, path, settings in jobs:
+            yield index, _guarded(ClipWindows(path, settings))
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_exit_with_parent,
-                             initargs=(os.getpid(),)) as pool:
-        pending = deque()
-
-        def oldest():
-            job, future = pending.popleft()
-            try:
-                return future.result()
-            except BrokenProcessPool:
-                raise RuntimeError(
-                    f"a decode worker died while decoding {job[1]} or a file after it (FFmpeg crashed?); "
-                    "rerun the same command to resume, or use --workers 0 to find the file") from None
-
-        for job in jobs:
-            pending.append((job, pool.submit(decode_job, job)))
-            if len(pending) >= 2 * workers:
-                yield oldest()
-        while pending:
-            yield oldest()
+    queues = [context.Queue(WINDOWS_AHEAD) for _ in range(workers)]
+    processes = [context.Process(target=_decode_worker, args=(jobs[w::workers], queues[w], os.getpid()), daemon=True)
+                 for w in range(workers)]
+    for process in processes:
+        process.start()
+    try:
+        for k, job in enumerate(jobs):
+            yield job[0], _received(queues[k % workers], processes[k % workers], job)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join()

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from codaar.runtime.outputs import check_output
+
 from ..container import BACKGROUND, TriModalData
 from ..format import atomic_output_dir, load_dataset, write_dataset_files
 from ..official_import import _read_csv, fit_segments
@@ -24,7 +26,7 @@ from . import annotations as label_files
 from . import captions as caption_files
 from .inputs import clip_ids_of, file_record, find_media
 from .logmel import EXAMPLE_FRAMES, NUM_BANDS, SAMPLE_RATE
-from .media import DecodeSettings, decoded_in_order
+from .media import DecodeSettings, UnusableMedia, decoded_in_order
 from .settings import ExtractSettings
 
 REPORT = "extract_report.json"
@@ -54,6 +56,7 @@ def _codaar_version() -> str:
 class _Run:
     def __init__(self, inputs, out: Path, settings: ExtractSettings, progress: bool):
         self.s, self.out, self.progress = settings, out, progress
+        self.work_root = out.parent / f".{out.name}.extract"
         self.files = find_media(inputs)
         self.ids = clip_ids_of(self.files)
         t = settings.segments
@@ -66,6 +69,12 @@ class _Run:
             self.classes, self.annotations = label_files.read_labels(settings.labels)
         self.class_index = {name: i for i, name in enumerate(self.classes)}
         self.prompts = self._prompts()
+        reads = {"an input": inputs, "the media file": self.files}
+        for name in ("captions", "labels", "prompts", "vggish_weights", "vggish_pca_params", "vgg19_weights",
+                     "bert_path", "bert_keep_ids"):
+            reads[f"--{name.replace('_', '-')}"] = getattr(settings, name)
+        check_output(out, reads)
+        check_output(self.work_root, reads, "the work folder of --out")  # --restart deletes it
 
         self.featurizer = None
         if self.captions is not None or self.annotations is not None:
@@ -118,13 +127,16 @@ class _Run:
             return f"no row in {Path(self.s.labels).name}"
         return None
 
-    def rows_of(self, index: int, clip) -> tuple[list[dict], dict[str, np.ndarray]]:
-        """The journal rows and array blocks of one decoded file."""
+    def append_rows(self, index: int, windows) -> list[dict]:
+        """Append the rows of file ``index``, window by window as they are decoded, to the work folder's
+        arrays; returns their journal rows. UnusableMedia from the decoder passes through (the caller
+        discards the rows appended so far)."""
         t, clip_id = self.s.segments, self.ids[index]
-        rows, blocks = [], {name: [] for name in self.arrays}
+        rows = []
         captions = (caption_files.clip_captions(self.captions[clip_id], self.s.caption_policy) if self.captions
                     else [None])
-        for window in clip.windows:
+        for window in windows:
+            blocks = {name: [] for name in self.arrays}
             count = window.log_mel.shape[0]
             audio, fix = fit_segments(self.models.audio(window.log_mel), t)
             video, _ = fit_segments(self.models.video(window.frames, count), t)
@@ -146,12 +158,13 @@ class _Run:
                 if labels is not None:
                     blocks["labels_segment"].append(labels)
                 rows.append(row)
-        return rows, {name: np.stack(b) for name, b in blocks.items()}
+            self.work.append({name: np.stack(b) for name, b in blocks.items()})
+        return rows
 
     def extract(self, restart: bool) -> None:
         from .workdir import WorkFolder
 
-        self.work = WorkFolder(self.out.parent / f".{self.out.name}.extract", self.fingerprint(), self.arrays, restart)
+        self.work = WorkFolder(self.work_root, self.fingerprint(), self.arrays, restart)
         done = len(self.work.entries)
         bad = sum(1 for e in self.work.entries if e["skipped"] is not None)
         unannotated = {i: reason for i in range(done, len(self.files)) if (reason := self.missing_annotation(i))}
@@ -165,15 +178,16 @@ class _Run:
         started = time.perf_counter()
         try:
             for index in range(done, len(self.files)):
-                result = unannotated[index] if index in unannotated else next(decoded)[1]
                 entry = {"file": str(self.files[index]), "skipped": None, "rows": []}
-                if isinstance(result, str):
-                    entry["skipped"] = result
+                try:
+                    if index in unannotated:
+                        raise UnusableMedia(unannotated[index])
+                    entry["rows"] = self.append_rows(index, next(decoded)[1])
+                except UnusableMedia as exc:
+                    self.work.discard_uncommitted()  # the rows of the windows before a corrupt part
+                    entry.update(skipped=str(exc), rows=[])
                     bad += 1
-                    self.work.commit(entry, {n: np.zeros((0,) + s, d) for n, (s, d) in self.arrays.items()})
-                else:
-                    entry["rows"], blocks = self.rows_of(index, result)
-                    self.work.commit(entry, blocks)
+                self.work.commit(entry)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(skipped=bad)

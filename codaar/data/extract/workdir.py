@@ -2,10 +2,11 @@
 
 It holds one growing ``.npy`` file per per-clip array and a journal with one JSON line per input
 file (its clips, or the reason it was skipped, and the array length after it). Rows are appended
-as each file is done, so memory never holds more than one file's features; the journal line is
-written after the rows, so a line that is there describes rows that are there. A killed run is
-resumed by truncating every array to the journal's last length and continuing with the next
-file; the arrays only ever receive the same bytes in the same order, so the result equals an
+as each window of a file is decoded, so memory never holds more than one window's features; the
+journal line is written after the file's rows, so a line that is there describes rows that are
+there (the rows of a file found unusable midway are dropped before its line is written). A killed
+run is resumed by truncating every array to the journal's last length and continuing with the
+next file; the arrays only ever receive the same bytes in the same order, so the result equals an
 uninterrupted run bit for bit.
 
 At the end the headers get their final length and the files are hard-linked (copied where links
@@ -52,7 +53,10 @@ class GrowingArray:
         if self.path.stat().st_size < needed:
             raise RuntimeError(f"{self.path}: shorter than its journal says ({self.path.stat().st_size} < {needed} "
                                "bytes); remove the work folder (or pass --restart) to start over")
-        os.truncate(self.path, needed)  # drop rows of a file whose journal line was never written
+        self.truncate(rows)  # drop rows of a file whose journal line was never written
+
+    def truncate(self, rows: int) -> None:
+        os.truncate(self.path, HEADER_BYTES + rows * self.row_bytes)
         self.rows = rows
 
     def append(self, block: np.ndarray) -> None:
@@ -78,7 +82,7 @@ class WorkFolder:
         if self.root.exists():
             state = self._read_state()
             if restart or state.get("digest") != digest:
-                if not restart:
+                if not restart and self._read_journal():  # (a folder with no file done has nothing to resume)
                     raise RuntimeError(
                         f"{self.root} holds an unfinished extraction of other inputs or settings; rerun it with the "
                         "same inputs and options to resume it, or pass --restart to discard it")
@@ -119,14 +123,22 @@ class WorkFolder:
     def rows(self) -> int:
         return self.entries[-1]["rows_total"] if self.entries else 0
 
-    def commit(self, entry: dict, blocks: dict[str, np.ndarray]) -> None:
-        """Append one input file's rows (every array gets the same number) and then its journal line."""
+    def append(self, blocks: dict[str, np.ndarray]) -> None:
+        """Append rows to every array (the same number to each); they count once `commit` journals them."""
         counts = {name: block.shape[0] for name, block in blocks.items()}
         if set(counts) != set(self.arrays) or len(set(counts.values())) > 1:
-            raise ValueError(f"commit: expected equal row counts for {sorted(self.arrays)}, got {counts}")
+            raise ValueError(f"append: expected equal row counts for {sorted(self.arrays)}, got {counts}")
         for name, block in blocks.items():
             self.arrays[name].append(block)
-        entry = dict(entry, rows_total=self.rows + (next(iter(counts.values())) if counts else 0))
+
+    def discard_uncommitted(self) -> None:
+        """Drop the rows appended since the last journal line."""
+        for array in self.arrays.values():
+            array.truncate(self.rows)
+
+    def commit(self, entry: dict) -> None:
+        """Journal one input file: its entry and the array length after its rows."""
+        entry = dict(entry, rows_total=next(iter(self.arrays.values())).rows)
         with open(self.root / JOURNAL, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry) + "\n")
         self.entries.append(entry)
