@@ -93,7 +93,7 @@ def test_a_file_found_unusable_after_some_windows_leaves_none_of_its_rows(tmp_pa
     from codaar.data.extract import media
 
     first, second = write_clip(tmp_path / "a12.wav", 12), write_clip(tmp_path / "b8.wav", 8)
-    fast = ["--random-weights", "--segments", "4", "--window", "every", "--quiet", "--max-bad-fraction", "0.5"]
+    fast = ["--random-weights", "--segments", "4", "--window", "every", "--no-progress", "--max-bad-fraction", "0.5"]
     whole = tmp_path / "whole"
     assert data_main(["extract", str(whole), str(second), *fast]) == 0
     windows = media.ClipWindows.__iter__
@@ -131,7 +131,7 @@ def test_the_finite_check_finds_a_value_in_any_chunk(tmp_path, monkeypatch):
 def test_the_finite_check_keeps_resident_memory_bounded(tmp_path):
     data = tmp_path / "data"
     assert data_main(["synth", str(data), "--preset", "paper", "--num-pretrain", "64", "--num-train", "4",
-                      "--num-val", "2", "--num-test", "2", "--quiet"]) == 0  # video: 72 MB of float32
+                      "--num-val", "2", "--num-test", "2", "--no-progress"]) == 0  # video: 72 MB of float32
     assert (data / "video.npy").stat().st_size > 64 * MIB
     child = textwrap.dedent(f"""
         from codaar.data import container, load_dataset

@@ -44,7 +44,7 @@ from tests.test_data_import import ROWS, make_layout
 
 TINY = ["--dim", "16", "--num-codes", "8", "--temporal-ffn-dim", "32", "--text-lstm-dim", "8", "--batch-size", "20",
         "--max-steps", "2", "--no-progress"]
-EXTRACT = ["--random-weights", "--segments", "2", "--frame-size", "32", "--quiet"]
+EXTRACT = ["--random-weights", "--segments", "2", "--frame-size", "32", "--no-progress"]
 MAINS = {"train": train_main, "encode": encode_main, "evaluate": evaluate_main, "data": data_main,
          "ablate": ablate_main}
 PROGRAMS = ("train", "encode", "evaluate", "baselines", "synth", "import-official", "extract", "ablate")
@@ -75,14 +75,14 @@ def argv_of(program: str, out, fx) -> tuple[str, list[str]]:
     out, layout = str(out), {k: str(v) for k, v in fx.layout.items()}
     return {
         "train": ("train", ["--data", str(fx.data), "--out", out, *TINY]),
-        "encode": ("encode", [str(fx.run), "--out", out, "--quiet"]),
+        "encode": ("encode", [str(fx.run), "--out", out, "--no-progress"]),
         "evaluate": ("evaluate", [str(fx.run), "--out", out, "--no-plots", "--tasks", "ave", "--ave-epochs", "1"]),
         "baselines": ("evaluate", ["baselines", "--data", str(fx.data), "--out", out, "--head-epochs", "1"]),
         "synth": ("data", ["synth", out, "--num-pretrain", "8", "--num-train", "4", "--num-val", "2", "--num-test",
-                           "2", "--quiet"]),
+                           "2", "--no-progress"]),
         "import-official": ("data", ["import-official", out, "--meta", layout["meta_csv"], "--audio-dir",
                                      layout["audio_dir"], "--video-dir", layout["video_dir"], "--prompts",
-                                     layout["prompts_csv"], "--video-shape", "2,2,8", "--quiet"]),
+                                     layout["prompts_csv"], "--video-shape", "2,2,8", "--no-progress"]),
         "extract": ("data", ["extract", out, str(fx.media), *EXTRACT]),
         "ablate": ("ablate", ["--variants", "full", "--seeds", "1", "--steps", "1", *TINY[:8], "--batch-size", "20",
                               "--tasks", "ave", "--ave-epochs", "1", "--train-args", f"--data {fx.data}",
@@ -121,16 +121,17 @@ def overlap_cases(fx) -> list[tuple[str, list, Path, Path, Path]]:
     """(main, arguments, the output, the input it overlaps (named in the message), what must stay as it was)."""
     d, r, layout = fx.data, fx.run, fx.layout
     official = ["--meta", layout["meta_csv"], "--audio-dir", layout["audio_dir"], "--video-dir", layout["video_dir"],
-                "--prompts", layout["prompts_csv"], "--video-shape", "2,2,8", "--quiet", "--overwrite"]
+                "--prompts", layout["prompts_csv"], "--video-shape", "2,2,8", "--no-progress", "--overwrite"]
     checkpoint = r / "checkpoints" / (r / "checkpoints" / "latest").read_text().strip()
     return [
         ("train", ["--data", d, "--out", d, *TINY], d, d, d),  # is
         ("train", ["--data", d, "--out", d / "run", *TINY], d / "run", d, d),  # lies inside
         ("train", ["--config", fx.config, "--out", fx.root, *TINY], fx.root, fx.config, fx.root),  # contains
-        ("encode", [r, "--out", r, "--overwrite", "--quiet"], r, checkpoint, r),
-        ("encode", [r, "--out", r / "checkpoints" / "codes", "--quiet"], r / "checkpoints" / "codes", r / "checkpoints",
-         r),
-        ("encode", [r, "--out", fx.root / "link-to-data", "--overwrite", "--quiet"], d, d, d),  # through a symlink
+        ("encode", [r, "--out", r, "--overwrite", "--no-progress"], r, checkpoint, r),
+        ("encode", [r, "--out", r / "checkpoints" / "codes", "--no-progress"], r / "checkpoints" / "codes",
+         r / "checkpoints", r),
+        # through a symlink
+        ("encode", [r, "--out", fx.root / "link-to-data", "--overwrite", "--no-progress"], d, d, d),
         ("evaluate", [r, "--out", r / "checkpoints", "--no-plots"], r / "checkpoints", checkpoint, r),
         ("evaluate", [r, "--out", d / "eval", "--no-plots"], d / "eval", d, d),  # the run's data set
         ("evaluate", ["baselines", "--data", d, "--out", d / "b"], d / "b.json", d, d),
@@ -161,9 +162,9 @@ def test_no_program_writes_over_its_own_input(fx, capsys):
 def test_relative_paths_are_resolved(fx, capsys, monkeypatch):
     monkeypatch.chdir(fx.run / "checkpoints")
     before = snapshot(fx.run)
-    status, err = call("encode", ["..", "--out", "../../run/./checkpoints/..", "--overwrite", "--quiet"], capsys)
+    status, err = call("encode", ["..", "--out", "../../run/./checkpoints/..", "--overwrite", "--no-progress"], capsys)
     assert status == 2 and snapshot(fx.run) == before
-    assert_last_line(err, f"--out ../../run/checkpoints/.. (= {fx.run.resolve()}) contains the checkpoint")
+    assert_last_line(err, f"--out ../../run/./checkpoints/.. (= {fx.run.resolve()}) contains the checkpoint")
 
 
 def test_the_default_evaluation_folder_inside_the_run_is_allowed(fx, capsys):
@@ -227,8 +228,8 @@ def test_a_disk_that_fills_under_a_memory_map_is_enospc_not_sigbus(fx, tmp_path)
         filler = fill(filling)
         os.truncate(filler, filler.stat().st_size - 96 * 1024)
         cases = [("encode", [str(fx.run), "--out", str(filling / "codes"), "--with-quantized", "--with-rows",
-                             "--quiet"]),  # rows: 3 x 80 clips x 10 steps x 48 float32 = 450 KiB
-                 ("data", ["synth", str(filling / "data"), "--num-pretrain", "40", "--quiet"])]  # audio: 2.4 MiB
+                             "--no-progress"]),  # rows: 3 x 80 clips x 10 steps x 48 float32 = 450 KiB
+                 ("data", ["synth", str(filling / "data"), "--num-pretrain", "40", "--no-progress"])]  # audio: 2.4 MiB
         for result in run_child(cases, tmp_path):
             assert result["status"] == 2 and result["traceback"] is None, result
             assert_last_line(result["stderr"], ".npy: no space left on the device (ENOSPC)")
@@ -292,9 +293,9 @@ def test_interrupted_encode_and_evaluate_leave_no_partial_output(fx, tmp_path):
     (earlier / "tables.md").write_text("an earlier evaluation")
     evaluate = ["--no-plots", "--tasks", "ave", "--ave-epochs", "1"]
     cases = [  # (program, arguments, the call at which the signal comes)
-        ("encode", [str(fx.run), "--out", str(codes), "--batch-size", "7", "--quiet"],
+        ("encode", [str(fx.run), "--out", str(codes), "--batch-size", "7", "--no-progress"],
          ["codaar.model:CoDAARModel.encode", 2, signal.SIGINT]),
-        ("encode", [str(fx.run), "--out", str(codes), "--batch-size", "7", "--quiet"],
+        ("encode", [str(fx.run), "--out", str(codes), "--batch-size", "7", "--no-progress"],
          ["codaar.model:CoDAARModel.encode", 2, signal.SIGTERM]),
         ("evaluate", [str(fx.run), "--out", str(earlier), *evaluate],
          ["codaar.evaluate.run:run_ave", 1, signal.SIGTERM]),
