@@ -3,8 +3,9 @@ metadata, the run's recorded settings, and the data set to run the model on.
 
 One loader for the programs that read trained models: the evaluation (`codaar.evaluate`) and the
 code export (`codaar.encode`); the model alone is `CoDAARModel.from_checkpoint`. Every problem with
-the checkpoint (none there, a corrupt tensor file, non-finite weights, weights that do not fit the
-settings in meta.json) raises `CheckpointError` naming the file and what is wrong; data that cannot
+the checkpoint (none there, a `latest` that leads outside the run, a corrupt tensor file, a meta.json
+that differs from the metadata sealed in it, non-finite weights, weights of another name, shape or
+dtype than the model of its settings) raises `CheckpointError` naming the file and what is wrong; data that cannot
 be read or does not fit the model raises `PretrainedDataError` naming the data, the field, what was
 expected and what was found.
 
@@ -56,13 +57,14 @@ class Pretrained:
 
     @property
     def run_settings(self) -> Mapping[str, object]:
-        """The run's settings as meta.json records them (`TrainConfig.to_dict()`; flat in format version 1)."""
+        """The run's settings as the checkpoint sealed them (`TrainConfig.to_dict()`; flat in a sealed
+        format version 1 checkpoint)."""
         return self.meta["config"]
 
     @property
     def tensors_sha256(self) -> str:
-        """SHA-256 of the checkpoint's tensor file (recorded in meta.json since format version 2)."""
-        return self.meta.get("tensors_sha256") or ckpt.file_digest(self.path / ckpt.TENSORS)
+        """SHA-256 of the checkpoint's tensor file, as the load verified it."""
+        return self.meta["tensors_sha256"]
 
 
 def load_pretrained(path: str | Path) -> Pretrained:

@@ -66,19 +66,20 @@ def test_a_corrupt_checkpoint_is_refused_and_resume_falls_back_to_a_verified_one
     assert checkpoint_steps(run) == [3, 4] and all(ckpt.verify(p) is None for p in (run / "checkpoints").glob("step-*"))
 
 
-def test_rotation_keeps_verified_checkpoints(tmp_path):
+def test_rotation_keeps_the_newest_and_loading_passes_over_corrupt_ones(tmp_path):
+    """Kept checkpoints are verified when loaded, not at every save (a save re-reads nothing)."""
     tensors = {"x": torch.arange(1000.0)}
     for step in (1, 2, 3):
         ckpt.save_checkpoint(tmp_path, step, tensors, {}, keep=5)
     corrupt(tmp_path / "checkpoints" / "step-0000003" / ckpt.TENSORS, count=10)
     corrupt(tmp_path / "checkpoints" / "step-0000002" / ckpt.TENSORS, count=10)
-    assert ckpt.newest_verified(tmp_path)[0].name == "step-0000001"
-    ckpt.save_checkpoint(tmp_path, 4, tensors, {}, keep=2)  # the two newest good ones stay; corrupt ones go
-    assert checkpoint_steps(tmp_path) == [1, 4]
-    assert all(ckpt.verify(folder) is None for folder in (tmp_path / "checkpoints").glob("step-*"))
-    corrupt(tmp_path / "checkpoints" / "step-0000004" / ckpt.TENSORS, count=10)
-    ckpt.save_checkpoint(tmp_path, 5, tensors, {}, keep=1)  # keep=1: only 5, never a corrupt one
-    assert checkpoint_steps(tmp_path) == [5]
+    folder, passed_over = ckpt.newest_verified(tmp_path)
+    assert folder.name == "step-0000001" and len(passed_over) == 2 and "corrupt" in passed_over[0]
+    ckpt.save_checkpoint(tmp_path, 4, tensors, {}, keep=2)  # the newest two by step, the written one always
+    assert checkpoint_steps(tmp_path) == [3, 4] and ckpt.newest_verified(tmp_path)[0].name == "step-0000004"
+    # a run resumed from step 1 (2 to 4 did not verify) writes 2: the later folders it left behind go
+    ckpt.save_checkpoint(tmp_path, 2, tensors, {}, keep=1)
+    assert checkpoint_steps(tmp_path) == [2] and ckpt.verify(tmp_path / "checkpoints" / "step-0000002") is None
 
 
 def test_truncated_and_unreadable_checkpoints_name_the_file(tmp_path):

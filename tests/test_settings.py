@@ -275,8 +275,20 @@ def test_the_command_line_refuses_before_writing_anything(tmp_path):
 
 
 # --------------------------------------------------------------------- checkpoints of v1
-def test_a_version_1_checkpoint_maps_onto_nested_settings():
-    meta = json.loads((LEGACY_RUN / "checkpoints" / "step-0000002" / "meta.json").read_text())
+def sealed_legacy_run(tmp_path) -> Path:
+    """A copy of the version 1 run, sealed (version 1 proves nothing, so it is refused until sealed)."""
+    run = tmp_path / "legacy"
+    shutil.copytree(LEGACY_RUN, run)
+    with pytest.raises(ckpt.CheckpointError, match="field 'version': format version 1 seals no metadata"):
+        ckpt.load_checkpoint(run)
+    ckpt.seal_legacy(run / "checkpoints" / "step-0000002")
+    return run
+
+
+def test_a_version_1_checkpoint_maps_onto_nested_settings(tmp_path):
+    run = sealed_legacy_run(tmp_path)
+    meta = json.loads((run / "checkpoints" / "step-0000002" / "meta.json").read_text())
+    assert meta["version"] == 3 and meta["sealed_from_version"] == 1
     train, model = saved_configs(meta, "meta.json")
     old = meta["model_config"]
     assert model.quantizer.codebook_init == old["quantizer_overrides"]["codebook_init"] == "aligned-kmeans"
@@ -286,7 +298,7 @@ def test_a_version_1_checkpoint_maps_onto_nested_settings():
         assert getattr(model, name) == old[name], name
     assert (model.dim, model.num_codes, model.modalities) == (old["dim"], old["num_codes"], tuple(old["modalities"]))
     assert train.model.projection_dim == 8 and train.max_steps == 2 and train.lr == meta["config"]["lr"]
-    pretrained = load_pretrained(LEGACY_RUN)  # the weights load into the model the settings describe
+    pretrained = load_pretrained(run)  # the weights load into the model the settings describe
     assert pretrained.modalities == ("video", "audio", "text") and pretrained.run_settings["batch_size"] == 20
 
 
@@ -297,8 +309,7 @@ def test_a_version_1_run_resumes_to_what_this_version_trains(tmp_path):
                 "--preset", "official", "--projection-dim", "8", "--video-gate-dim", "4",
                 "--video-hidden-channels", "8", "--video-projection-channels", "8", "--temporal-heads", "2",
                 "--cpc-context-dim", "8", "--no-progress", "--max-steps", "4"]
-    resumed = tmp_path / "legacy"
-    shutil.copytree(LEGACY_RUN, resumed)
+    resumed = sealed_legacy_run(tmp_path)
     from codaar.train import main
 
     main(settings + ["--out", str(resumed), "--resume"])

@@ -206,7 +206,8 @@ class CoDAARModel(nn.Module):
     def from_saved(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, object], folder: Path) -> CoDAARModel:
         """The model of a checkpoint's tensors and meta.json, as `codaar.run_folder.checkpoint.
         load_checkpoint` read them from `folder`: on the CPU in float32, frozen and in eval mode. Raises
-        CheckpointError when the weights are not finite or do not fit the settings in meta.json."""
+        CheckpointError when the weights are not finite or are not exactly the names, shapes and dtypes
+        of the model the settings in meta.json describe (in the run's precision)."""
         config = saved_model_config(meta, str(folder / ckpt.META))
         weights = ckpt.prefixed(tensors, "model")
         broken = [name for name, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
@@ -215,7 +216,11 @@ class CoDAARModel(nn.Module):
                                   f"{' and more' if len(broken) > 5 else ''} (the run diverged); use an earlier "
                                   f"checkpoint")
         try:
-            model = cls(config)
+            model = cls(config).to(ckpt.model_dtype(meta))
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{folder / ckpt.META}: field 'model_config' describes no model ({exc})") from None
+        ckpt.check_tensors(weights, model.state_dict(), folder / ckpt.TENSORS)  # refused, never converted
+        try:
             model.load_state_dict(weights)
         except (ValueError, TypeError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0][:400]

@@ -30,6 +30,7 @@ from codaar.data import TriModalData, build_synthetic, load_dataset, synthetic_c
 from codaar.data.batches import BatchGather, Prefetcher, default_workers, to_device
 from codaar.model import CoDAARModel, ModelConfig
 from codaar.run_folder import checkpoint as ckpt
+from codaar.run_folder.checkpoint_writer import CheckpointWriter
 from codaar.run_folder.metrics_log import METRICS_FILE, read_metrics
 from codaar.runtime import distributed
 from codaar.runtime.locks import FolderLock
@@ -147,6 +148,8 @@ class Trainer:
         self.run_dir = Path(cfg.out)
         self.metrics_path = self.run_dir / METRICS_FILE
         self.skipped_steps = 0  # batches whose optimizer step --on-nonfinite skip left out
+        self.checkpoints = CheckpointWriter(self.run_dir, cfg.checkpoint_every, self.total_steps,
+                                            cfg.keep_checkpoints, enabled=group.is_main)
         self.lock = None
         try:
             self.step = self._start_or_resume()
@@ -191,8 +194,11 @@ class Trainer:
             print(f"resume: continuing from {folder}")
         tensors, meta = ckpt.load_checkpoint(folder)
         self._check_resume(meta, folder)
-        self.model.load_state_dict(ckpt.prefixed(tensors, "model"))
-        self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
+        weights = ckpt.prefixed(tensors, "model")
+        ckpt.check_tensors(weights, self.model.state_dict(), folder / ckpt.TENSORS)  # refused, never converted
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"], self.optimizer,
+                                                                folder / ckpt.TENSORS))
         for group in self.optimizer.param_groups:  # as saved by a --cuda-graph run; its step sets it again
             group["capturable"] = False
         self.skipped_steps = int(meta.get("skipped_steps", 0))
@@ -228,16 +234,16 @@ class Trainer:
         config = {"train": self.cfg.to_dict(), "model": self.model_config.to_dict(), "resumes": resumes}
         _atomic_write(self.run_dir / "config.json", json.dumps(config, indent=1))
 
-    def _save(self) -> Path | None:
-        if not self.group.is_main:
-            return None
+    def _checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """What a checkpoint holds: the state's tensors where they are (the writer copies them to the
+        host at once) and the JSON metadata."""
         tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         optimizer_tensors, optimizer_meta = ckpt.flatten_optimizer(self.optimizer)
         tensors.update(optimizer_tensors)
         meta = {"config": self.cfg.to_dict(), "model_config": self.model_config.to_dict(),
                 "optimizer": optimizer_meta, "epoch": self.step // self.batches.steps_per_epoch,
                 "skipped_steps": self.skipped_steps}
-        return ckpt.save_checkpoint(self.run_dir, self.step, tensors, meta, keep=self.cfg.keep_checkpoints)
+        return tensors, meta
 
     def _graph_step(self) -> GraphedTrainStep:
         if self.device.type != "cuda" or self.group.world_size > 1:
@@ -342,14 +348,17 @@ class Trainer:
                                 self.tensorboard.add_scalar(key, value, self.step)
                     progress.update(1)
                     progress.set_postfix(self._postfix(record), refresh=False)
-                    if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
-                        self._save()
+                    # raises a failed background write; writes in the background when one is due
+                    self.checkpoints.after_step(self.step, self._checkpoint_state)
         finally:
             feed.close()
             progress.close()
             if log is not None:
                 log.close()
-            self.close()
+            try:
+                self.checkpoints.close()  # the run's exit waits for its last checkpoint (and raises its failure)
+            finally:
+                self.close()
         elapsed = time.perf_counter() - started
         return self._summary(recent, used, (self.step - first_step) / max(elapsed, 1e-9), elapsed)
 
