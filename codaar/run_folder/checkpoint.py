@@ -187,7 +187,8 @@ def write_checkpoint(run_dir: Path, step: int, layout: list, buffers: list[torch
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
-    sealed = {"format": FORMAT, "version": VERSION, "step": step, **meta}
+    own = ("format", "version", "step", "tensors_sha256")  # the writer's to set (a loaded meta has them)
+    sealed = {"format": FORMAT, "version": VERSION, "step": step, **{k: v for k, v in meta.items() if k not in own}}
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
         os.chmod(staging, 0o755)
@@ -427,11 +428,11 @@ def _reason(exc: BaseException) -> str:
 
 
 def _short(value) -> str:
-    """A metadata value in a message: numbers and short names as they are, anything else by its type."""
-    if value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 40
-                                                                   and value.isprintable()):
+    """A metadata value in a message: numbers as they are, anything else by its type (a file's text
+    is never quoted)."""
+    if value is None or isinstance(value, (bool, int, float)):
         return repr(value)
-    return f"a {type(value).__name__}"
+    return f"a {type(value).__name__}" + (f" of {len(value)} characters" if isinstance(value, str) else "")
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
