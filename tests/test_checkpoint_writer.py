@@ -1,4 +1,4 @@
-"""Checkpoints off the critical path (issue #20 §4): one bulk host copy of the state, written,
+"""Checkpoints off the critical path (issue #20, part 4): one bulk host copy of the state, written,
 hashed and rotated in a background thread with at most one in flight; a failed write stops the run
 at its next step; the run's exit waits; kill -9 during a background write leaves `latest` complete
 and the resume bit-exact."""
