@@ -186,8 +186,11 @@ def open_npy(path: Path, field_name: str, entry: dict | None = None, mmap: bool 
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
             offset = fh.tell()
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataFormatError(path, field_name, "a valid .npy header", f"unreadable header ({exc})") from None
+    except Exception as exc:  # numpy's parser raises many kinds (ValueError, SyntaxError, TokenError), quoting
+        # the bytes it found: not shown
+        reason = exc.strerror if isinstance(exc, OSError) else "the file ends inside it" if isinstance(
+            exc, EOFError) else "not a .npy file, or a damaged header"
+        raise DataFormatError(path, field_name, "a valid .npy header", f"unreadable header ({reason})") from None
     if dtype.hasobject:
         raise DataFormatError(path, field_name, "a numeric or fixed-width string dtype",
                               f"dtype {dtype} (object arrays need pickle and are refused)")

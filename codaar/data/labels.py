@@ -47,6 +47,7 @@ def parse_event_row(onset: str, offset: str, event_labels: str, source, line: in
         try:
             start, stop = int(float(a)), int(float(b))
         except ValueError:
-            raise DataFormatError(source, f"line {line} onset/offset", "numbers of seconds", f"{a!r}, {b!r}") from None
+            raise DataFormatError(source, f"line {line} onset/offset", "numbers of seconds",
+                                  "values that are not numbers (not shown)") from None
         triples.append((start, stop, name.strip()))
     return triples

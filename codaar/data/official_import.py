@@ -107,7 +107,9 @@ def _read_csv(path, required: tuple[str, ...], delimiter: str | None = None) -> 
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in required if c not in header]
     if missing:
-        raise DataFormatError(path, "header", f"columns {list(required)}", f"columns {header}")
+        # (a file that is no such CSV is not quoted: its first line may be anything)
+        raise DataFormatError(path, "header", f"columns {list(required)}",
+                              f"{len(header)} columns without {missing} (the header is not shown)")
     rows = []
     for line, row in enumerate(reader, start=2):
         row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
@@ -152,7 +154,7 @@ def read_ave_annotations(path, class_names: list[str], clip_ids: list[str], segm
             triple = (int(float(start)), int(float(end)), category)
         except ValueError:
             raise DataFormatError(path, f"line {line_no} StartTime/EndTime", "numbers of seconds",
-                                  f"{start!r}, {end!r}") from None
+                                  "values that are not numbers (not shown)") from None
         if category not in class_index:
             raise DataFormatError(path, f"line {line_no} Category", "a category of the meta CSV", repr(category))
         events.setdefault(video_id, []).append(triple)

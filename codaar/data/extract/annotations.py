@@ -41,9 +41,10 @@ def _seconds(text: str, path, line: int, column: str, default: float) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise DataFormatError(path, f"line {line} column {column}", "a number of seconds", repr(text)) from None
+        raise DataFormatError(path, f"line {line} column {column}", "a number of seconds",
+                              "a value that is not a number (not shown)") from None
     if not math.isfinite(value) or value < 0:
-        raise DataFormatError(path, f"line {line} column {column}", "a non-negative number of seconds", repr(text))
+        raise DataFormatError(path, f"line {line} column {column}", "a non-negative number of seconds", repr(value))
     return value
 
 
