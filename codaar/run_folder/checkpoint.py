@@ -239,7 +239,10 @@ def file_digest(path: Path) -> str:
 
 
 def verify(folder: Path) -> str | None:
-    """None if the checkpoint folder reads and proves itself (`read_meta`); else why not."""
+    """None if a run's checkpoint folder is one (no link: a run reads only inside itself), reads and
+    proves itself (`read_meta`); else why not."""
+    if Path(folder).is_symlink():
+        return f"{folder}: is a symbolic link; a run reads only inside itself"
     try:
         read_meta(folder)
     except CheckpointError as exc:
@@ -322,8 +325,7 @@ def newest_verified(run_dir: Path) -> tuple[Path, list[str]]:
         raise CheckpointError(f"{root}: is a symbolic link; a run reads its checkpoints only inside its own folder")
     passed_over = []
     for folder in sorted((p for p in root.glob("step-*") if p.is_dir() or p.is_symlink()), reverse=True):
-        problem = (f"{folder}: is a symbolic link; a run reads only inside itself" if folder.is_symlink()
-                   else verify(folder))
+        problem = verify(folder)
         if problem is None:
             return folder, passed_over
         passed_over.append(problem)
