@@ -76,8 +76,9 @@ class CheckpointWriter:
 
     # ------------------------------------------------------------------------------ internals
     def _snapshot(self, tensors: Mapping[str, torch.Tensor]):
-        """(layout, host buffers, CUDA event or None): the state's bytes, one buffer per dtype."""
-        layout, buffers, cuda = [], [], False
+        """(layout, host buffers, CUDA events): the state's bytes, one buffer per dtype; the events
+        mark the end of the copies on each device's current stream."""
+        layout, buffers, cuda_devices = [], [], {}
         for dtype, names in ckpt.group_by_dtype(tensors):
             parts = [tensors[name].detach() for name in names]
             numel = sum(p.numel() for p in parts)
@@ -94,20 +95,21 @@ class CheckpointWriter:
                     torch.cat(group, out=target)
                 else:  # one kernel gathers them on the device, one copy brings them over
                     target.copy_(torch.cat(group), non_blocking=True)
-                    cuda = True
+                    cuda_devices[device] = True
                 offset += size
             buffers.append(buffer)
             layout += [(name, dtype, tuple(tensors[name].shape)) for name in names]
-        ready = None
-        if cuda:
-            ready = torch.cuda.Event()
-            ready.record()
+        ready = []
+        for device in cuda_devices:  # (--device cuda:1 copies on cuda:1's stream, whatever the current device)
+            with torch.cuda.device(device):
+                ready.append(torch.cuda.Event())
+                ready[-1].record()
         return layout, buffers, ready
 
     def _write(self, step, layout, buffers, ready, meta) -> None:
         try:
-            if ready is not None:
-                ready.synchronize()
+            for event in ready:
+                event.synchronize()
             self.written.append(ckpt.write_checkpoint(self.run_dir, step, layout, buffers, meta, self.keep))
         except BaseException as exc:  # reported to the training thread at its next step
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
