@@ -13,6 +13,7 @@ from codaar.evaluate import EvaluationError, metrics
 from codaar.evaluate.features import check_compatible, load_eval_data, load_pretrained, require_labels
 from codaar.evaluate.protocols import HeadSettings, Task, run_ave, run_avvp, run_retrieval
 from codaar.evaluate.run import evaluate, label_mapping, load_class_map
+from codaar.run_folder import checkpoint as ckpt
 from codaar.train import main as train_main
 
 TINY = ["--dim", "32", "--num-codes", "16", "--temporal-ffn-dim", "64", "--text-lstm-dim", "16",
@@ -141,25 +142,24 @@ def test_bad_inputs_give_clear_messages(loaded, run_dir, tmp_path):
     with pytest.raises(EvaluationError, match="field 'labels'"):
         run_ave(Task(pretrained, unlabeled, unlabeled), "audio", ["video"], FAST_AVE)
     # a checkpoint whose weights do not fit its settings
-    meta_path = Path(pretrained.path) / "meta.json"
-    broken = tmp_path / "ckpt"
-    broken.mkdir()
-    meta = json.loads(meta_path.read_text())
+    # (written as a checkpoint, sealed: an edited meta.json alone is refused, test_checkpoint_trust.py)
+    tensors, saved = ckpt.load_checkpoint(pretrained.path)
+
+    def written(meta: dict) -> Path:
+        return ckpt.save_checkpoint(tmp_path / "ckpt", 1, tensors, meta, keep=1)
+
+    meta = json.loads(json.dumps(saved))
     meta["model_config"]["quantizer"]["dim"] = 48
-    (broken / "meta.json").write_text(json.dumps(meta))
-    (broken / "tensors.safetensors").write_bytes((Path(pretrained.path) / "tensors.safetensors").read_bytes())
-    with pytest.raises(EvaluationError, match="tensors.safetensors: the weights do not fit"):
-        load_pretrained(broken)
+    with pytest.raises(EvaluationError, match=r"tensors.safetensors: tensor '.*': expected shape"):
+        load_pretrained(written(meta))
     # of the run's settings only those naming its pretraining data are read: a trainer setting this
     # version does not know leaves the checkpoint readable, a malformed data setting does not
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(json.dumps(saved))
     meta["config"]["a_setting_of_another_version"] = "x"
-    (broken / "meta.json").write_text(json.dumps(meta))
-    assert load_pretrained(broken).run_settings["a_setting_of_another_version"] == "x"
+    assert load_pretrained(written(meta)).run_settings["a_setting_of_another_version"] == "x"
     meta["config"]["data_seed"] = "zero"
-    (broken / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(EvaluationError, match=r"meta.json: field 'config.data_seed': expected int, found 'zero'"):
-        load_pretrained(broken)
+        load_pretrained(written(meta))
 
 
 # --------------------------------------------------------------------------------------- CLI
