@@ -8,7 +8,6 @@ variants. Cross-dataset transfer maps the test data's classes onto the training 
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from codaar.data import DataFormatError, TriModalData, build_synthetic, load_dataset, synthetic_config
+from codaar.data.text_files import read_csv_records
 from codaar.evaluate import tables
 from codaar.evaluate.errors import EvaluationError
 from codaar.evaluate.features import check_compatible, load_eval_data, load_pretrained
@@ -41,22 +41,24 @@ def load_class_map(path: str | Path) -> dict[str, str]:
     """A JSON object {class in A: class in B} or a CSV of two columns (A, B; an optional header
     'source,target')."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise EvaluationError(f"--class-map {path}: unreadable ({exc.strerror})") from None
     if path.suffix.lower() == ".json":
         try:
-            mapping = json.loads(text)
-        except json.JSONDecodeError as exc:
+            mapping = json.loads(path.read_text(encoding="utf-8-sig"))
+        except OSError as exc:
+            raise EvaluationError(f"--class-map {path}: unreadable ({exc.strerror})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise EvaluationError(f"--class-map {path}: invalid JSON ({exc})") from None
         if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
             raise EvaluationError(f"--class-map {path}: expected a JSON object of class name -> class name, "
                                   f"found {type(mapping).__name__}")
         return dict(mapping)
+    try:
+        records = read_csv_records(path, delimiter=",")
+    except DataFormatError as exc:
+        raise EvaluationError(f"--class-map {exc}") from None
     mapping = {}
-    for line, row in enumerate(csv.reader(text.splitlines()), 1):
-        if not row or (line == 1 and [c.strip().lower() for c in row] == ["source", "target"]):
+    for index, (line, row) in enumerate(records):
+        if not any(c.strip() for c in row) or (index == 0 and [c.strip().lower() for c in row] == ["source", "target"]):
             continue
         if len(row) != 2:
             raise EvaluationError(f"--class-map {path}: line {line}: expected 2 columns (class in A, class in B), "
