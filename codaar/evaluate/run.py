@@ -147,6 +147,11 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
               "modalities": list(mods), "checkpoint_epoch": pretrained.epoch, "cross_dataset": data_b is not data_a,
               "ave_settings": vars(ave_settings), "avvp_settings": vars(avvp_settings)}
     sources = sorted({s for s, _ in pairs}, key=mods.index)
+    for protocol in protocols:  # refused before any head trains, not after the first protocol's tables
+        planned = Task(pretrained, data_a, data_b, protocol=protocol, head_input=head_input)
+        for task_name, settings in (("ave", ave_settings), ("avvp", avvp_settings)):
+            if task_name in tasks:
+                planned.planned_epochs(settings, task_name.upper())
     for protocol in protocols:
         task = Task(pretrained, data_a, data_b, protocol=protocol, head_input=head_input, label_map=label_map,
                     keep_b=keep)
@@ -174,6 +179,21 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
     return result
 
 
+def training_notes(protocol_result: dict) -> list[str]:
+    """How many epochs each head trained, and a WARNING where that is fewer than the epochs given
+    (the official loop starts at the checkpoint's epoch + 1): the table says it, not only the JSON."""
+    counts, warnings = [], []
+    for task_name in ("ave", "avvp"):
+        infos = protocol_result.get(task_name, {}).get("_info", {})
+        if not infos:
+            continue
+        trained = sorted({info["head_epochs"] for info in infos.values()})
+        counts.append(f"{task_name.upper()} {', '.join(map(str, trained))} epochs")
+        warnings += list(dict.fromkeys(f"WARNING: {info['head_epochs_note']}" for info in infos.values()
+                                       if "head_epochs_note" in info))
+    return ([f"heads trained: {'; '.join(counts)}"] if counts else []) + warnings
+
+
 def write_report(result: dict, out: Path, protocols) -> str:
     """tables.md / tables.json (Tables 1-3 layout) and results.json."""
     out.mkdir(parents=True, exist_ok=True)
@@ -189,13 +209,14 @@ def write_report(result: dict, out: Path, protocols) -> str:
                                              if protocol == "official" else
                                              "encoder in eval mode, epoch selected on the source modality's val "
                                              "split, scored on the held-out test split")]
+        notes += training_notes(result[protocol])
         parts.append(tables.markdown(f"Table {table_no} layout -- cross-modal transfer ({protocol})",
                                      ["method"] + header, [[result["name"]] + [tables.fmt(v) for v in values]], notes))
         # accuracy and F1 (not in the paper's tables, but what a reader wants too)
         extra_header, extra = [], []
         for task, key in (("ave", "accuracy"), ("avvp", "f1")):
             for s, t in tables.directions(mods):
-                if task in result[protocol] and s in result[protocol][task]:
+                if t in result[protocol].get(task, {}).get(s, {}):  # `directions=` may score fewer
                     extra_header.append(f"{task.upper()} {key} {tables.arrow(s, t)}")
                     extra.append(tables.fmt(result[protocol][task][s][t][key]))
             for s in mods:
