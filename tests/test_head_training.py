@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 
 from codaar.evaluate import EvaluationError
+from codaar.evaluate import run as run_module
 from codaar.evaluate.features import load_eval_data, load_pretrained
 from codaar.evaluate.protocols import HeadSettings, Task, run_ave, run_avvp
-from codaar.evaluate import run as run_module
 from codaar.evaluate.run import evaluate
 from codaar.train import main as train_main
 
