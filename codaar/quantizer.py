@@ -19,6 +19,7 @@ state_dict round-trip restores a run exactly) and the order of operations.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -35,6 +36,30 @@ from codaar.runtime.seeding import SEED_MIX
 from codaar_kernels.kmeans_init import kmeans_codebook
 
 _INIT_STREAM = 0x5EED1717  # the data-dependent init's generator: (reset_seed, this), apart from any reset step
+# A warning names the size of what a call (or the state) is about to allocate above this many bytes.
+LARGE_ALLOCATION_BYTES = 2 << 30
+_EMA_STATISTICS = ("ema_sum", "ema_count")
+
+
+def _encode_names(names: tuple[str, ...]) -> torch.Tensor:
+    return torch.tensor(list(",".join(names).encode()), dtype=torch.uint8)
+
+
+def _decode_names(tensor: torch.Tensor) -> tuple[str, ...]:
+    return tuple(bytes(tensor.to(torch.uint8).tolist()).decode(errors="replace").split(","))
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
+def _warn_if_large(what: str, nbytes: int) -> None:
+    if nbytes > LARGE_ALLOCATION_BYTES:
+        warnings.warn(f"CrossModalQuantizer: {what} needs about {_size(nbytes)}; allocating it now",
+                      ResourceWarning, stacklevel=3)
 
 
 def reset_seed_for(seed: int, step: int) -> int:
@@ -111,6 +136,12 @@ class CrossModalQuantizer(nn.Module):
     data-dependent branch, and its host-side work (seeding the reset generator, counting the update)
     is left to the caller, who calls `prepare_update()` before each training call (outside the graph)
     and registers `reset_rng` with the graph. The results are those of the default mode.
+
+    What cannot work is refused: latents of no clip or no frame (B = 0 or T = 0) raise ValueError;
+    a state dict saved with another modality order (or other names) is refused naming both orders,
+    since codebook m would silently serve another modality; a state dict without the EMA statistics
+    is completed, not refused (see `_load_from_state_dict`). Above `LARGE_ALLOCATION_BYTES`, a
+    ResourceWarning says how much the state or a call's [M, B*T, K] distances need before allocating.
     """
 
     def __init__(self, config: QuantizerConfig | None = None, **settings: object) -> None:
@@ -125,6 +156,9 @@ class CrossModalQuantizer(nn.Module):
         self._position = {name: m for m, name in enumerate(config.modalities)}
         self._cascade = [self._position[name] for name in config.cascade] if config.csa else []
 
+        # codebook, EMA sums (M x K x D each), counts, last use (M x K), unused steps (K)
+        _warn_if_large(f"the state of M={num_mod} codebooks of K={num_codes} codes of D={config.dim}",
+                       (3 * num_mod * num_codes * config.dim + 3 * num_mod * num_codes + num_codes) * 4)
         codebook = self._initial_codebook()
         self.register_buffer("codebook", codebook)  # E: what lookups use (post-CSA, post-reset)
         self.register_buffer("ema_sum", codebook.clone())  # W: EMA of the DTA sums
@@ -136,6 +170,8 @@ class CrossModalQuantizer(nn.Module):
         # 1 once the codebook init is done (at once for `official`; data-dependent: at the first update)
         official = config.codebook_init == "official"
         self.register_buffer("initialized", torch.full((), int(official), dtype=torch.long))
+        # which modality codebook m serves: a state dict of another order is refused on load
+        self.register_buffer("modality_order", _encode_names(config.modalities))
         self._num_updates_host = 0  # mirror of num_updates, so seeding the reset never reads the device
         self._reset_rng: torch.Generator | None = None  # reseeded every update
         self._update_prepared = False
@@ -183,12 +219,38 @@ class CrossModalQuantizer(nn.Module):
         self.frozen = frozen
         return self
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Checkpoints from before these buffers existed: official-initialised, usage unknown.
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Load the state, refusing or completing what would not work.
+
+        * Another modality order (or other names) than this quantizer's: refused (ValueError naming
+          both), since the codebooks are stored by position.
+        * Without the EMA statistics (`ema_sum`, `ema_count`, e.g. a codebook-only state dict loaded
+          with ``strict=False``): they are **recomputed** from the loaded codebook as `set_codebooks`
+          does (the saved counts if present, else one observation per code; the sums then
+          `codebook x denominator`), so the next update starts from exactly the loaded codewords
+          instead of jumping to W / C of unrelated statistics. With ``strict=True`` the missing keys
+          are still reported, as torch does.
+        * Checkpoints from before `last_used`, `initialized` and `modality_order` existed:
+          official-initialised, usage unknown, order that of this quantizer.
+        """
+        order_key = prefix + "modality_order"
+        if order_key in state_dict:
+            saved = _decode_names(state_dict[order_key])
+            if saved != tuple(self.modalities):
+                raise ValueError(f"CrossModalQuantizer: the state dict is of the modality order {','.join(saved)}, "
+                                 f"this quantizer's is {','.join(self.modalities)} (codebook m serves modality m: "
+                                 "build the quantizer with the saved order)")
         if prefix + "codebook" in state_dict:
             state_dict.setdefault(prefix + "last_used", torch.zeros_like(self.last_used))
             state_dict.setdefault(prefix + "initialized", torch.ones_like(self.initialized))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+            state_dict.setdefault(order_key, self.modality_order.clone())
+        absent = [name for name in _EMA_STATISTICS if prefix + name not in state_dict]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if absent and prefix + "codebook" in state_dict and not error_msgs:
+            counts = None if "ema_count" in absent else self.ema_count.clone()
+            self.set_codebooks(self.codebook.clone(), counts)
         self._num_updates_host = int(self.num_updates)
         self._initialized_host = bool(self.initialized)
 
@@ -264,18 +326,34 @@ class CrossModalQuantizer(nn.Module):
                 raise ValueError(f"CrossModalQuantizer: latents['{m}'] must be [B, T, D] = {list(expected)}, "
                                  f"got {list(latents[m].shape)}")
             _require_float(latents[m], f"latents['{m}']")
+        if first.shape[0] == 0 or first.shape[1] == 0:
+            # the losses are means over clips and frames, DQA's softmax needs a frame: nothing defines them
+            raise ValueError(f"CrossModalQuantizer: latents must hold at least one clip and one frame "
+                             f"(B >= 1, T >= 1), got [B, T, D] = {list(first.shape)}")
         return torch.stack([latents[m] for m in self.modalities]).to(self.codebook.dtype)
+
+    def _warn_if_large_call(self, z: torch.Tensor, soft_usage: bool) -> None:
+        """The eager kernels hold the [M, N, K] distances (DQA: also their softmax, kept for the
+        backward); the Triton kernels never materialise them."""
+        if ops.dispatch.use_triton(z, self.codebook):
+            return
+        num_mod, frames, _ = z.shape
+        copies = 2 if soft_usage else 1
+        _warn_if_large(f"a call on N={frames} frames (B x T) against K={self.config.num_codes} codes "
+                       f"({copies} x [M={num_mod}, N, K] distances)",
+                       copies * num_mod * frames * self.config.num_codes * z.element_size())
 
     def forward(self, latents: Mapping[str, torch.Tensor], *, update: bool | None = None) -> QuantizerOutput:
         """Quantize {modality: [B, T, D]}; update the codebooks if `update` (default: training, not frozen)."""
         if update is None:
             update = self.training and not self.frozen
-        if update and not self._initialized_host:
-            self.initialize(latents)  # once, from this first training batch, before its update
         cfg = self.config
         stacked = self._stack_latents(latents)
         num_mod, batch, steps, dim = stacked.shape
         z = stacked.reshape(num_mod, batch * steps, dim)
+        self._warn_if_large_call(z, cfg.dqa)  # before the init too: k-means holds [N, K] distances as well
+        if update and not self._initialized_host:
+            self.initialize(latents)  # once, from this first training batch, before its update
         # A non-finite training batch skips its update (see _update_state); its losses are not finite.
         if not update:
             _require_finite(z, self.modalities, (batch, steps))
@@ -469,6 +547,7 @@ class CrossModalQuantizer(nn.Module):
         _require_finite(latents.reshape(1, -1, latents.shape[-1]), (modality,), latents.shape[:-1])
         m = self._position[modality]
         flat = latents.reshape(1, -1, self.config.dim).to(self.codebook.dtype)
+        self._warn_if_large_call(flat, soft_usage=False)
         idx, _ = ops.assign(flat, self.codebook[m : m + 1])
         idx = idx.view(latents.shape[:-1])
         return LookupOutput(indices=idx, codes=self.codebook[m][idx], rows=self.codes_from_indices(idx))

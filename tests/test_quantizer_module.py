@@ -30,7 +30,8 @@ def test_state_dict_round_trip_resumes_exactly():
     for batch in batches[:5]:
         first(batch)
     saved = {k: v.clone() for k, v in first.state_dict().items()}
-    assert set(saved) == {"codebook", "ema_sum", "ema_count", "unused_steps", "num_updates", "last_used", "initialized"}
+    assert set(saved) == {"codebook", "ema_sum", "ema_count", "unused_steps", "num_updates", "last_used", "initialized",
+                          "modality_order"}
 
     resumed = CrossModalQuantizer(num_codes=20, dim=6, dead_after=3, active_window=2)
     resumed.load_state_dict(saved)

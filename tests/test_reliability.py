@@ -26,7 +26,16 @@ from codaar.run_folder import checkpoint as ckpt
 from codaar.runtime.locks import FolderLock, is_held
 from codaar.train import main
 from tests.host_sync import ForbidHostSync
-from tests.test_train import TINY, assert_same_run, exits_with_usage_error, final_tensors, torchrun
+from tests.test_train import (
+    RUN_LIMIT_S,
+    TINY,
+    assert_same_run,
+    exits_with_usage_error,
+    final_tensors,
+    first_divergence,
+    logged_values,
+    torchrun,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -265,7 +274,7 @@ def test_torchrun_restarts_a_killed_worker_and_ends_where_the_uninterrupted_run_
         agent = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT)
         try:
             latest = run / "checkpoints" / ckpt.LATEST
-            deadline = time.monotonic() + 300
+            deadline = time.monotonic() + RUN_LIMIT_S
             while time.monotonic() < deadline and agent.poll() is None:
                 if latest.is_file() and int(latest.read_text().split("-")[1]) >= 6:
                     break
@@ -273,7 +282,7 @@ def test_torchrun_restarts_a_killed_worker_and_ends_where_the_uninterrupted_run_
             workers = _children(agent.pid)
             assert agent.poll() is None and len(workers) == 2, "the run ended before a worker could be killed"
             os.kill(workers[-1], signal.SIGKILL)
-            agent.wait(timeout=600)
+            agent.wait(timeout=RUN_LIMIT_S)
         finally:
             for pid in _children(agent.pid):
                 os.kill(pid, signal.SIGKILL)
@@ -283,7 +292,12 @@ def test_torchrun_restarts_a_killed_worker_and_ends_where_the_uninterrupted_run_
     assert int(latest.read_text().split("-")[1]) == 24
     resumes = json.loads((run / "config.json").read_text())["resumes"]
     assert resumes and resumes[0]["step"] >= 6  # the restarted group resumed
-    assert_same_run(tmp_path / "straight", run, tol=1e-10)
+    try:
+        assert_same_run(tmp_path / "straight", run, tol=1e-10)
+    except AssertionError as exc:  # say where the runs parted: before the resume, or after it
+        parted = first_divergence(logged_values(tmp_path / "straight"), logged_values(run))
+        raise AssertionError(f"{exc}\nlogged values part at {parted}; resumed at steps "
+                             f"{[r['step'] for r in resumes]}") from None
     shutil.rmtree(run)
 
 

@@ -14,7 +14,8 @@ from codaar.data import DataFormatError
 from codaar.data.extract.annotations import read_labels
 from codaar.data.format import open_npy
 from codaar.data.labels import parse_event_row
-from codaar.data.official_import import _read_csv, read_ave_annotations
+from codaar.data.official_import import read_ave_annotations
+from codaar.data.text_files import read_csv_rows
 
 SECRET = "SECRET-77aa-do-not-print"
 
@@ -32,7 +33,7 @@ def test_a_csv_that_is_another_file_is_named_not_quoted(tmp_path):
     for source in (Path("/etc/passwd"), tmp_path / "secret.csv"):
         if source.name == "secret.csv":
             source.write_text(f"{SECRET},{SECRET}\n1,2\n")
-        refused_without_secret(lambda source=source: _read_csv(source, ("video_id", "label")), str(source),
+        refused_without_secret(lambda source=source: read_csv_rows(source, ("video_id", "label")), str(source),
                                "the header is not shown")
         refused_without_secret(lambda source=source: read_labels(source), str(source), "header")
 

@@ -17,7 +17,6 @@ into place only when everything succeeded, so a failed import leaves nothing beh
 
 from __future__ import annotations
 
-import csv
 import re
 import zipfile
 import zlib
@@ -34,6 +33,7 @@ from .format import atomic_output_dir, load_dataset, write_dataset_files
 from .labels import labels_from_events, parse_event_row
 from .safe_pickle import load_array
 from .text import HashedTextFeaturizer, prompt_table
+from .text_files import read_csv_rows, read_text_lines
 
 SEGMENTS = 10
 MAX_MEMBER_BYTES = 1 << 30  # a per-clip feature pickle is ~1 MB; refuse zip bombs early
@@ -95,37 +95,9 @@ def load_clip_features(path, feature_shape: tuple[int, ...], field_name: str, se
     return fit_segments(array, segments)
 
 
-def _read_csv(path, required: tuple[str, ...], delimiter: str | None = None) -> list[tuple[int, dict]]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(path, "csv", "a CSV file", "no such file")
-    text = path.read_text(encoding="utf-8-sig")
-    if delimiter is None:
-        first = text.split("\n", 1)[0]
-        delimiter = "\t" if "\t" in first else ","
-    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [c for c in required if c not in header]
-    if missing:
-        # (a file that is no such CSV is not quoted: its first line may be anything)
-        raise DataFormatError(path, "header", f"columns {list(required)}",
-                              f"{len(header)} columns without {missing} (the header is not shown)")
-    rows = []
-    for line, row in enumerate(reader, start=2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
-        if any(not row.get(c) for c in required):
-            empty = [c for c in required if not row.get(c)]
-            raise DataFormatError(path, f"line {line} column {empty[0]}", "a value", "empty")
-        rows.append((line, row))
-    return rows
-
-
 def read_lines(path) -> list[str]:
     """A class list file: one name per line (blank lines ignored; order = class id)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(path, "class list", "a text file, one class per line", "no such file")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for _, line in read_text_lines(path, "class list") if line.strip()]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,7 +111,7 @@ def read_ave_annotations(path, class_names: list[str], clip_ids: list[str], segm
         raise DataFormatError(path, "AVE annotations", "a file", "no such file")
     class_index = {name: i for i, name in enumerate(class_names)}
     events: dict[str, list] = {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for line_no, line in read_text_lines(path, "AVE annotations"):
         if not line.strip():
             continue
         fields = [f.strip() for f in line.split("&")]
@@ -172,7 +144,7 @@ def read_avvp_labels(path, classes: list[str], clip_ids: list[str], segments: in
     (the YouTube id the authors' zips are named by). All rows of a clip are OR-ed together.
     Clips without rows get background-only labels and are left out of the returned indices.
     """
-    rows = _read_csv(path, ("filename", "onset", "offset", "event_labels"))
+    rows = read_csv_rows(path, ("filename", "onset", "offset", "event_labels"))
     position = {c: i for i, c in enumerate(clip_ids)}
     class_index = {name: i for i, name in enumerate(classes)}
     events: dict[int, list] = {}
@@ -214,7 +186,7 @@ def import_official(meta_csv, audio_dir, video_dir, prompts_csv, out, *, audio_s
     check_output(out, {"--meta": meta_csv, "--audio-dir": audio_dir, "--video-dir": video_dir, "--prompts": prompts_csv,
                        "--categories": categories_file, "--ave-labels": ave_annotations, "--avvp-audio": avvp_audio_csv,
                        "--avvp-visual": avvp_visual_csv, "--avvp-categories": avvp_categories})
-    rows = _read_csv(meta_csv, ("category", "video_id", "split"))
+    rows = read_csv_rows(meta_csv, ("category", "video_id", "split"))
     if not rows:
         raise DataFormatError(meta_csv, "rows", "at least one clip", "none")
     for directory, name in ((audio_dir, "audio"), (video_dir, "video")):
@@ -252,7 +224,7 @@ def import_official(meta_csv, audio_dir, video_dir, prompts_csv, out, *, audio_s
         if row["category"] not in class_index:
             raise DataFormatError(categories_file or meta_csv, f"category of meta line {line}",
                                   "a class of the category list", repr(row["category"]))
-    prompt_of = {row["label"]: row["prompt"] for _, row in _read_csv(prompts_csv, ("label", "prompt"))}
+    prompt_of = {row["label"]: row["prompt"] for _, row in read_csv_rows(prompts_csv, ("label", "prompt"))}
     absent_prompts = [c for c in class_names if c not in prompt_of]
     if absent_prompts:
         raise DataFormatError(prompts_csv, "prompt", f"a prompt for each of the {len(class_names)} classes",

@@ -119,6 +119,38 @@ class Task:
             return range(self.pretrained.epoch + 1, settings.epochs)
         return range(settings.epochs)
 
+    def planned_epochs(self, settings: HeadSettings, head: str) -> range:
+        """`head_epochs`, refused when empty: a head that never trains is never reported as a result.
+        The authors' loop is empty once the checkpoint's epoch + 1 reaches `epochs` (a pretraining of
+        30 epochs or more under the default 30 AVE epochs)."""
+        epochs = self.head_epochs(settings)
+        if len(epochs) == 0 and self.protocol != "official":
+            raise EvaluationError(f"--{head.lower()}-epochs: expected at least 1, found {settings.epochs}")
+        if len(epochs) == 0:
+            first = self.pretrained.epoch + 1
+            raise EvaluationError(
+                f"--protocol official: the {head} head would train 0 epochs: the authors' loop runs from the "
+                f"checkpoint's epoch + 1 = {first} to --{head.lower()}-epochs {settings.epochs}; give "
+                f"--{head.lower()}-epochs {first + settings.epochs} for {settings.epochs} head epochs, or use "
+                "--protocol clean")
+        return epochs
+
+    def training_record(self, settings: HeadSettings, head: str, trained: int, steps: int) -> dict:
+        """What the head went through, checked against the plan: a head that ran fewer epochs than its
+        protocol specifies, or took no optimizer step, is refused rather than reported."""
+        planned = len(self.head_epochs(settings))
+        if trained != planned or steps == 0:
+            raise EvaluationError(f"{head} head ({self.protocol} protocol): trained {trained} epochs and {steps} "
+                                  f"steps, expected {planned} epochs of at least one step; no result is reported")
+        record = {"head_epochs": trained, "head_epochs_given": settings.epochs, "head_steps": steps}
+        if trained < settings.epochs:  # the official loop, from checkpoint epoch + 1
+            record["head_epochs_note"] = (
+                f"{head} heads trained {trained} of the {settings.epochs} epochs given (--{head.lower()}-epochs): "
+                f"the official protocol starts at the checkpoint's epoch + 1 = {self.pretrained.epoch + 1}, as the "
+                f"authors' loop; --{head.lower()}-epochs {self.pretrained.epoch + 1 + settings.epochs} gives "
+                f"{settings.epochs}")
+        return record
+
 
 def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
     order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
@@ -127,8 +159,10 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list
 
 def _train_epoch(task: Task, head: nn.Module, params: list, optimizer, loss_fn, modality: str, clips: np.ndarray,
                  targets: torch.Tensor, settings: HeadSettings, generator: torch.Generator,
-                 cached: torch.Tensor | None):
+                 cached: torch.Tensor | None) -> int:
+    """One epoch over `clips`; returns the number of optimizer steps taken."""
     head.train()
+    steps = 0
     for batch in _batches(len(clips), settings.batch_size, generator):
         if cached is not None:
             x = cached[batch]
@@ -139,20 +173,25 @@ def _train_epoch(task: Task, head: nn.Module, params: list, optimizer, loss_fn, 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, settings.clip_norm)
         optimizer.step()
+        steps += 1
+    return steps
 
 
 def _fit(task: Task, head: nn.Module, params: list, optimizer, loss_fn, modality: str, clips: np.ndarray,
          targets: torch.Tensor, settings: HeadSettings, cached: torch.Tensor | None,
-         validate: Callable[[int], float | None]) -> tuple[int | None, list[float]]:
-    """Train the head for the task's epochs (step-decay learning rate). After each epoch `validate(epoch)`
+         validate: Callable[[int], float | None], epochs: range) -> tuple[int | None, list[float], int, int]:
+    """Train the head for `epochs` (step-decay learning rate). After each epoch `validate(epoch)`
     gives the selection score, or None where nothing is selected; the head ends at its best-scoring
-    epoch. Returns (that epoch or None, the scores)."""
+    epoch. Returns (that epoch or None, the scores, the epochs trained, the optimizer steps)."""
     generator = torch.Generator().manual_seed(settings.seed)
     best_state, best_value, best_epoch, history = None, -1.0, None, []
-    for i, _ in enumerate(task.head_epochs(settings)):
+    trained = steps = 0
+    for i, _ in enumerate(epochs):
         for group in optimizer.param_groups:
             group["lr"] = step_decay(settings.lr, settings.gamma, settings.milestones, i)
-        _train_epoch(task, head, params, optimizer, loss_fn, modality, clips, targets, settings, generator, cached)
+        steps += _train_epoch(task, head, params, optimizer, loss_fn, modality, clips, targets, settings, generator,
+                              cached)
+        trained += 1
         value = validate(i)
         if value is None:
             continue
@@ -161,7 +200,7 @@ def _fit(task: Task, head: nn.Module, params: list, optimizer, loss_fn, modality
             best_state, best_value, best_epoch = copy.deepcopy(head.state_dict()), value, i
     if best_state is not None:
         head.load_state_dict(best_state)
-    return best_epoch, history
+    return best_epoch, history, trained, steps
 
 
 @torch.no_grad()
@@ -183,6 +222,7 @@ def run_ave(task: Task, source: str, targets: list[str], settings: HeadSettings 
     Returns {target: {"precision", "accuracy"}, ..., "_info": {...}}; precision is the authors'
     batch-wise macro precision (%), accuracy plain top-1 (%)."""
     a, b = task.train_data, task.test_data
+    epochs = task.planned_epochs(settings, "AVE")
     train = task.train_split()
     y_train = video_level_class(task.labels(a, None, "AVE"))
     num_classes = a.num_classes
@@ -198,7 +238,6 @@ def run_ave(task: Task, source: str, targets: list[str], settings: HeadSettings 
     optimizer = torch.optim.Adam(params, lr=settings.lr)
     loss_fn = nn.CrossEntropyLoss()
     targets_t = torch.from_numpy(y_train[train])
-    epochs = task.head_epochs(settings)
     modalities = [source] + [m for m in targets if m != source]
 
     def validate(_epoch: int) -> float | None:
@@ -207,8 +246,9 @@ def run_ave(task: Task, source: str, targets: list[str], settings: HeadSettings 
     if not official:
         val = task.val_split()
         x_val, y_val = task.features(a, source, val), video_level_class(task.labels(a, None, "AVE")[val])
-    best_epoch, history = _fit(task, head, params, optimizer, loss_fn, source, train, targets_t, settings, x_train,
-                               validate)
+    best_epoch, history, trained, steps = _fit(task, head, params, optimizer, loss_fn, source, train, targets_t,
+                                               settings, x_train, validate, epochs)
+    training = task.training_record(settings, "AVE", trained, steps)
 
     results = {}
     eval_generator = torch.Generator().manual_seed(settings.seed + 1) if official else None
@@ -217,7 +257,7 @@ def run_ave(task: Task, source: str, targets: list[str], settings: HeadSettings 
         results[m] = _ave_score(logits, y_score, settings.batch_size, eval_generator)
     results["_info"] = {
         "split": "train" if official and not task.cross_dataset else "test", "clips": int(len(score_clips)),
-        "head_epochs": len(epochs), "selected_epoch": best_epoch,
+        **training, "selected_epoch": best_epoch,
         "selection": "last epoch (no selection, as coded)" if official else "best val accuracy on the source modality",
         "val_accuracy_history": history, "chance_accuracy": 100.0 / num_classes,
     }
@@ -230,6 +270,7 @@ def run_avvp(task: Task, source: str, targets: list[str], settings: HeadSettings
     modality with that modality's labels. Returns {target: {"precision", "recall", "f1"}, "_info": ...}."""
     a, b = task.train_data, task.test_data
     official = task.protocol == "official"
+    epochs = task.planned_epochs(settings, "AVVP")
     train = task.train_split()
     y_train = torch.from_numpy(task.labels(a, source, "AVVP")[train])
     score_clips = task.score_split()
@@ -256,7 +297,6 @@ def run_avvp(task: Task, source: str, targets: list[str], settings: HeadSettings
         y = task.labels(data, m, "AVVP")[clips]
         return metrics.avvp_prf([(prob[i], y[i]) for i in _batches(len(clips), settings.batch_size, None)])
 
-    epochs = task.head_epochs(settings)
     best: dict[str, tuple[float, dict, int]] = {}
 
     def validate(epoch: int) -> float | None:
@@ -270,18 +310,20 @@ def run_avvp(task: Task, source: str, targets: list[str], settings: HeadSettings
 
     if not official:
         val = task.val_split()
-    best_epoch, _ = _fit(task, head, params, optimizer, loss_fn, source, train, y_train, settings, x_train, validate)
+    best_epoch, _, trained, steps = _fit(task, head, params, optimizer, loss_fn, source, train, y_train, settings,
+                                         x_train, validate, epochs)
+    training = task.training_record(settings, "AVVP", trained, steps)
 
     results = {}
-    if official:
+    if official:  # every epoch scored every modality (training_record: at least one epoch ran)
         for m in modalities:
-            results[m] = dict(best[m][1], best_epoch=best[m][2]) if m in best else score(m, score_clips, b)
+            results[m] = dict(best[m][1], best_epoch=best[m][2])
     else:
         for m in modalities:
             results[m] = score(m, score_clips, b)
     results["_info"] = {
         "split": "train" if official and not task.cross_dataset else "test", "clips": int(len(score_clips)),
-        "head_epochs": len(epochs), "selected_epoch": best_epoch,
+        **training, "selected_epoch": best_epoch,
         "selection": ("best precision over epochs on the test modality (as coded)" if official
                       else "best val F1 on the source modality"),
     }

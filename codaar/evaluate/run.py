@@ -8,7 +8,6 @@ variants. Cross-dataset transfer maps the test data's classes onto the training 
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from codaar.data import DataFormatError, TriModalData, build_synthetic, load_dataset, synthetic_config
+from codaar.data.text_files import read_csv_records
 from codaar.evaluate import tables
 from codaar.evaluate.errors import EvaluationError
 from codaar.evaluate.features import check_compatible, load_eval_data, load_pretrained
@@ -41,22 +41,24 @@ def load_class_map(path: str | Path) -> dict[str, str]:
     """A JSON object {class in A: class in B} or a CSV of two columns (A, B; an optional header
     'source,target')."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise EvaluationError(f"--class-map {path}: unreadable ({exc.strerror})") from None
     if path.suffix.lower() == ".json":
         try:
-            mapping = json.loads(text)
-        except json.JSONDecodeError as exc:
+            mapping = json.loads(path.read_text(encoding="utf-8-sig"))
+        except OSError as exc:
+            raise EvaluationError(f"--class-map {path}: unreadable ({exc.strerror})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise EvaluationError(f"--class-map {path}: invalid JSON ({exc})") from None
         if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
             raise EvaluationError(f"--class-map {path}: expected a JSON object of class name -> class name, "
                                   f"found {type(mapping).__name__}")
         return dict(mapping)
+    try:
+        records = read_csv_records(path, delimiter=",")
+    except DataFormatError as exc:
+        raise EvaluationError(f"--class-map {exc}") from None
     mapping = {}
-    for line, row in enumerate(csv.reader(text.splitlines()), 1):
-        if not row or (line == 1 and [c.strip().lower() for c in row] == ["source", "target"]):
+    for index, (line, row) in enumerate(records):
+        if not any(c.strip() for c in row) or (index == 0 and [c.strip().lower() for c in row] == ["source", "target"]):
             continue
         if len(row) != 2:
             raise EvaluationError(f"--class-map {path}: line {line}: expected 2 columns (class in A, class in B), "
@@ -145,6 +147,11 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
               "modalities": list(mods), "checkpoint_epoch": pretrained.epoch, "cross_dataset": data_b is not data_a,
               "ave_settings": vars(ave_settings), "avvp_settings": vars(avvp_settings)}
     sources = sorted({s for s, _ in pairs}, key=mods.index)
+    for protocol in protocols:  # refused before any head trains, not after the first protocol's tables
+        planned = Task(pretrained, data_a, data_b, protocol=protocol, head_input=head_input)
+        for task_name, settings in (("ave", ave_settings), ("avvp", avvp_settings)):
+            if task_name in tasks:
+                planned.planned_epochs(settings, task_name.upper())
     for protocol in protocols:
         task = Task(pretrained, data_a, data_b, protocol=protocol, head_input=head_input, label_map=label_map,
                     keep_b=keep)
@@ -172,6 +179,21 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
     return result
 
 
+def training_notes(protocol_result: dict) -> list[str]:
+    """How many epochs each head trained, and a WARNING where that is fewer than the epochs given
+    (the official loop starts at the checkpoint's epoch + 1): the table says it, not only the JSON."""
+    counts, warnings = [], []
+    for task_name in ("ave", "avvp"):
+        infos = protocol_result.get(task_name, {}).get("_info", {})
+        if not infos:
+            continue
+        trained = sorted({info["head_epochs"] for info in infos.values()})
+        counts.append(f"{task_name.upper()} {', '.join(map(str, trained))} epochs")
+        warnings += list(dict.fromkeys(f"WARNING: {info['head_epochs_note']}" for info in infos.values()
+                                       if "head_epochs_note" in info))
+    return ([f"heads trained: {'; '.join(counts)}"] if counts else []) + warnings
+
+
 def write_report(result: dict, out: Path, protocols) -> str:
     """tables.md / tables.json (Tables 1-3 layout) and results.json."""
     out.mkdir(parents=True, exist_ok=True)
@@ -187,13 +209,14 @@ def write_report(result: dict, out: Path, protocols) -> str:
                                              if protocol == "official" else
                                              "encoder in eval mode, epoch selected on the source modality's val "
                                              "split, scored on the held-out test split")]
+        notes += training_notes(result[protocol])
         parts.append(tables.markdown(f"Table {table_no} layout -- cross-modal transfer ({protocol})",
                                      ["method"] + header, [[result["name"]] + [tables.fmt(v) for v in values]], notes))
         # accuracy and F1 (not in the paper's tables, but what a reader wants too)
         extra_header, extra = [], []
         for task, key in (("ave", "accuracy"), ("avvp", "f1")):
             for s, t in tables.directions(mods):
-                if task in result[protocol] and s in result[protocol][task]:
+                if t in result[protocol].get(task, {}).get(s, {}):  # `directions=` may score fewer
                     extra_header.append(f"{task.upper()} {key} {tables.arrow(s, t)}")
                     extra.append(tables.fmt(result[protocol][task][s][t][key]))
             for s in mods:

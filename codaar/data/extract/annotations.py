@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import DataFormatError
 from ..labels import labels_from_events
-from ..official_import import _read_csv
+from ..text_files import read_csv_rows
 
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 SPLIT_NAMES = ("train", "val", "test")
@@ -52,7 +52,7 @@ def read_labels(path) -> tuple[list[str], dict[str, ClipAnnotation]]:
     """(class names sorted, {clip_id: annotation})."""
     path = Path(path)
     annotations: dict[str, ClipAnnotation] = {}
-    for line, row in _read_csv(path, ("clip_id", "class")):
+    for line, row in read_csv_rows(path, ("clip_id", "class")):
         clip = annotations.setdefault(row["clip_id"], ClipAnnotation())
         start = _seconds(row.get("start", ""), path, line, "start", 0.0)
         end = _seconds(row.get("end", ""), path, line, "end", math.inf)

@@ -14,7 +14,7 @@ Each caption is featurized to L = T tokens (BERT on disk or the offline hashed f
 from __future__ import annotations
 
 from ..errors import DataFormatError
-from ..official_import import _read_csv
+from ..text_files import read_csv_rows
 
 CAPTION_POLICIES = ("first", "each")
 
@@ -22,7 +22,7 @@ CAPTION_POLICIES = ("first", "each")
 def read_captions(path) -> dict[str, list[str]]:
     """{clip_id: its captions in file order}."""
     captions: dict[str, list[str]] = {}
-    for _, row in _read_csv(path, ("clip_id", "caption")):
+    for _, row in read_csv_rows(path, ("clip_id", "caption")):
         captions.setdefault(row["clip_id"], []).append(row["caption"])
     if not captions:
         raise DataFormatError(path, "rows", "at least one caption", "none")

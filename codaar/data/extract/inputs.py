@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..text_files import read_text_lines
 from .media import MEDIA_EXTENSIONS
 
 
@@ -16,7 +17,7 @@ def find_media(inputs) -> list[Path]:
         if item.is_dir():
             files += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS)
         elif item.suffix.lower() == ".txt" and item.is_file():
-            lines = [line.strip() for line in item.read_text(encoding="utf-8").splitlines()]
+            lines = [line.strip() for _, line in read_text_lines(item, "media list")]
             files += [item.parent / line for line in lines if line and not line.startswith("#")]
         elif item.exists() or item.is_symlink():
             files.append(item)

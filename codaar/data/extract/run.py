@@ -20,8 +20,9 @@ from codaar.runtime.outputs import check_output
 
 from ..container import BACKGROUND, TriModalData
 from ..format import atomic_output_dir, load_dataset, write_dataset_files
-from ..official_import import _read_csv, fit_segments
+from ..official_import import fit_segments
 from ..text import caption_tokens, make_text_featurizer, prompt_table
+from ..text_files import read_csv_rows
 from . import annotations as label_files
 from . import captions as caption_files
 from .inputs import clip_ids_of, file_record, find_media
@@ -105,7 +106,7 @@ class _Run:
     def _prompts(self) -> list[str]:
         if self.s.prompts is None:
             return list(self.classes)  # the class name is its own prompt
-        prompt_of = {row["label"]: row["prompt"] for _, row in _read_csv(self.s.prompts, ("label", "prompt"))}
+        prompt_of = {row["label"]: row["prompt"] for _, row in read_csv_rows(self.s.prompts, ("label", "prompt"))}
         missing = [c for c in self.classes if c not in prompt_of]
         if missing:
             raise ValueError(f"{self.s.prompts}: no prompt for the classes {missing[:3]}")
