@@ -10,6 +10,7 @@ than ``max_bad_fraction`` of the files are bad (and stops early once that is cer
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -24,7 +25,7 @@ from ..official_import import _read_csv, fit_segments
 from ..text import caption_tokens, make_text_featurizer, prompt_table
 from . import annotations as label_files
 from . import captions as caption_files
-from .inputs import clip_ids_of, file_record, find_media
+from .inputs import clip_ids_of, find_media, input_fingerprint, input_path
 from .logmel import EXAMPLE_FRAMES, NUM_BANDS, SAMPLE_RATE
 from .media import DecodeSettings, UnusableMedia, decoded_in_order
 from .settings import ExtractSettings
@@ -113,7 +114,7 @@ class _Run:
 
     def fingerprint(self) -> dict:
         settings = {k: v for k, v in asdict(self.s).items() if k not in ("workers", "max_bad_fraction", "device")}
-        return {"files": [file_record(f) for f in self.files], "settings": settings,
+        return {"files": [input_path(f) for f in self.files], "settings": settings,
                 "csv_sha256": {k: _csv_digest(getattr(self.s, k)) for k in ("captions", "labels", "prompts")},
                 "weights": self.models.records, "text": self.featurizer.describe() if self.featurizer else None}
 
@@ -165,6 +166,7 @@ class _Run:
         from .workdir import WorkFolder
 
         self.work = WorkFolder(self.work_root, self.fingerprint(), self.arrays, restart)
+        self._rewind_changed_inputs()
         done = len(self.work.entries)
         bad = sum(1 for e in self.work.entries if e["skipped"] is not None)
         unannotated = {i: reason for i in range(done, len(self.files)) if (reason := self.missing_annotation(i))}
@@ -178,7 +180,9 @@ class _Run:
         started = time.perf_counter()
         try:
             for index in range(done, len(self.files)):
-                entry = {"file": str(self.files[index]), "skipped": None, "rows": []}
+                # Fingerprinted before its windows are read, so that a later change is seen on resume.
+                entry = {"file": str(self.files[index]), "input": input_fingerprint(self.files[index]),
+                         "skipped": None, "rows": []}
                 try:
                     if index in unannotated:
                         raise UnusableMedia(unannotated[index])
@@ -202,6 +206,18 @@ class _Run:
         if bad > self.s.max_bad_fraction * len(self.files):  # a resumed run that had nothing left to do
             self._fail(bad)
 
+    def _rewind_changed_inputs(self) -> None:
+        """Forget the work from the first input whose fingerprint changed since it was extracted: the
+        arrays hold the files in input order, so it and every file after it are extracted again."""
+        self.recomputed = None
+        for index, entry in enumerate(self.work.entries):
+            if entry.get("input") != input_fingerprint(self.files[index]):
+                self.recomputed = {"file": entry["file"], "files": len(self.work.entries) - index}
+                print(f"extract: {entry['file']} changed since it was extracted; extracting it and the "
+                      f"{self.recomputed['files'] - 1} file(s) after it again", file=sys.stderr)
+                self.work.rewind(index)
+                return
+
     # -------------------------------------------------------------------------------- report
     def report(self) -> dict:
         entries = self.work.entries
@@ -210,6 +226,8 @@ class _Run:
                   "clips": self.work.rows, "skipped": skipped,
                   "without_video": [e["file"] for e in entries if e["rows"] and not e["rows"][0]["video"]],
                   "bad_fraction": len(skipped) / len(self.files), "max_bad_fraction": self.s.max_bad_fraction}
+        if getattr(self, "recomputed", None):
+            report["recomputed"] = self.recomputed
         if getattr(self, "files_this_run", 0):
             report["this_run"] = {"files": self.files_this_run, "seconds": round(self.seconds, 3),
                                   "seconds_per_file": round(self.seconds / self.files_this_run, 4)}
