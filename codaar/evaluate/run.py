@@ -137,7 +137,7 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise EvaluationError(f"--tasks: expected names from {TASKS}, found {unknown}")
-    for checked in dict.fromkeys((data_a, data_b)) if not allow_split_problems else ():
+    for checked in ([data_a] if data_b is data_a else [data_a, data_b]) if not allow_split_problems else ():
         if problem := split_check.refusal(checked, "evaluation"):
             raise EvaluationError(problem)
     if out is not None:
