@@ -249,3 +249,64 @@ def test_the_built_in_data_set_is_checked_by_its_generator(tmp_path, capsys):
     assert result["data"]["same_as_pretraining"] is False
     tables = (tmp_path / "e2" / "tables.md").read_text()
     assert "NOT THE PRETRAINING DATA" in tables and "generator setting seed: 0 -> 1" in tables
+
+
+# ------------------------------------------------------------------------------------ extraction
+FAST = ["--random-weights", "--segments", "4", "--frame-size", "32", "--no-progress"]
+
+
+def reverse_in_place(wav, keep_mtime: bool) -> None:
+    """Rewrite a PCM .wav in place with its samples reversed: the same size, other content."""
+    stat, raw = os.stat(wav), bytearray(wav.read_bytes())
+    start = raw.find(b"data") + 8
+    raw[start:] = np.frombuffer(bytes(raw[start:]), np.int16)[::-1].tobytes()
+    with open(wav, "r+b") as fh:
+        fh.write(raw)
+    if keep_mtime:
+        os.utime(wav, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(wav).st_size == stat.st_size
+
+
+def npy_arrays(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): np.load(p, allow_pickle=False) for p in sorted(folder.rglob("*.npy"))}
+
+
+@pytest.mark.parametrize("keep_mtime", [True, False])
+def test_a_resumed_extraction_recomputes_an_input_rewritten_in_place(tmp_path, capsys, keep_mtime):
+    from tests.extract_media import write_clip
+
+    media = tmp_path / "media"
+    media.mkdir()
+    write_clip(media / "a.wav", 4)
+    (media / "b.mp4").write_bytes(b"")  # unusable: the run stops here, with a.wav journalled
+    write_clip(media / "c.wav", 3)
+    out = tmp_path / "data"
+    assert data_main(["extract", str(out), str(media), *FAST]) == 2
+    assert (tmp_path / ".data.extract" / "journal.jsonl").read_text().count("\n") == 2
+    capsys.readouterr()
+    reverse_in_place(media / "a.wav", keep_mtime)
+    assert data_main(["extract", str(out), str(media), *FAST, "--max-bad-fraction", "0.5"]) == 0
+    assert f"{media / 'a.wav'} changed since it was extracted" in capsys.readouterr().err
+    report = json.loads((out / "extract_report.json").read_text())
+    assert report["this_run"]["files"] == 3 and report["recomputed"]["files"] == 2
+    fresh = tmp_path / "fresh"
+    assert data_main(["extract", str(fresh), str(media), *FAST, "--max-bad-fraction", "0.5"]) == 0
+    resumed, reference = npy_arrays(out), npy_arrays(fresh)
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        assert np.array_equal(resumed[name], reference[name]), name
+
+
+def test_a_resumed_extraction_keeps_the_work_of_unchanged_inputs(tmp_path, capsys):
+    from tests.extract_media import write_clip
+
+    media = tmp_path / "media"
+    media.mkdir()
+    write_clip(media / "a.wav", 2)
+    (media / "b.mp4").write_bytes(b"")
+    out = tmp_path / "data"
+    assert data_main(["extract", str(out), str(media), *FAST]) == 2
+    assert data_main(["extract", str(out), str(media), *FAST, "--max-bad-fraction", "0.5"]) == 0
+    assert "changed since it was extracted" not in capsys.readouterr().err
+    report = json.loads((out / "extract_report.json").read_text())
+    assert "recomputed" not in report and "this_run" not in report  # nothing was left to do
