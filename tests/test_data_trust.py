@@ -310,3 +310,14 @@ def test_a_resumed_extraction_keeps_the_work_of_unchanged_inputs(tmp_path, capsy
     assert "changed since it was extracted" not in capsys.readouterr().err
     report = json.loads((out / "extract_report.json").read_text())
     assert "recomputed" not in report and "this_run" not in report  # nothing was left to do
+
+
+def test_a_relative_path_of_an_older_run_is_refused_not_resolved_here(folder_run, monkeypatch):
+    from codaar.pretrained import PretrainedDataError, load_eval_data, load_pretrained
+
+    pretrained = load_pretrained(folder_run / "run")
+    pretrained.meta["config"]["data"] = "d"  # as a codaar before absolute paths recorded it
+    monkeypatch.chdir(folder_run)  # where a folder "d" exists: the old code loaded it silently
+    with pytest.raises(PretrainedDataError, match="field 'config.data': expected an absolute path, found 'd'"):
+        load_eval_data(pretrained)
+    assert load_eval_data(pretrained, data_dir="d").root.name == "d"  # asked for: used

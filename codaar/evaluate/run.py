@@ -121,7 +121,9 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
     """Run the protocols on one checkpoint; write tables (and plots) to `out` when given.
 
     Returns {"checkpoint", "modalities", "<protocol>": {"ave": {src: {tgt: {...}}, "_info": ...},
-    "avvp": ..., "retrieval": ...}, ...}. `ave` / `avvp`: HeadSettings overrides (lr, batch_size, epochs).
+    "avvp": ..., "retrieval": ...}, "data": the data's fingerprint and how it differs from the
+    pretraining data (`codaar.pretrained.data_provenance`; the tables say so when it does), ...}.
+    `ave` / `avvp`: HeadSettings overrides (lr, batch_size, epochs).
     `eval_data`: a data set already loaded (several checkpoints of one run) instead of data/data_preset.
     Splits that share clips or list one twice are refused unless `allow_split_problems`."""
     pretrained = load_pretrained(checkpoint)
