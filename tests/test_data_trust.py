@@ -271,8 +271,8 @@ def npy_arrays(folder) -> dict:
     return {p.relative_to(folder).as_posix(): np.load(p, allow_pickle=False) for p in sorted(folder.rglob("*.npy"))}
 
 
-@pytest.mark.parametrize("keep_mtime", [True, False])
-def test_a_resumed_extraction_recomputes_an_input_rewritten_in_place(tmp_path, capsys, keep_mtime):
+@pytest.mark.parametrize("keep_mtime, workers", [(True, "0"), (False, "1")])
+def test_a_resumed_extraction_recomputes_an_input_rewritten_in_place(tmp_path, capsys, keep_mtime, workers):
     from tests.extract_media import write_clip
 
     media = tmp_path / "media"
@@ -281,7 +281,7 @@ def test_a_resumed_extraction_recomputes_an_input_rewritten_in_place(tmp_path, c
     (media / "b.mp4").write_bytes(b"")  # unusable: the run stops here, with a.wav journalled
     write_clip(media / "c.wav", 3)
     out = tmp_path / "data"
-    assert data_main(["extract", str(out), str(media), *FAST]) == 2
+    assert data_main(["extract", str(out), str(media), *FAST, "--workers", workers]) == 2
     assert (tmp_path / ".data.extract" / "journal.jsonl").read_text().count("\n") == 2
     capsys.readouterr()
     reverse_in_place(media / "a.wav", keep_mtime)

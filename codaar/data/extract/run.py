@@ -171,7 +171,7 @@ class _Run:
         bad = sum(1 for e in self.work.entries if e["skipped"] is not None)
         unannotated = {i: reason for i in range(done, len(self.files)) if (reason := self.missing_annotation(i))}
         jobs = [(i, str(self.files[i]), self.decode) for i in range(done, len(self.files)) if i not in unannotated]
-        decoded = decoded_in_order(jobs, self.s.workers)
+        decoded = decoded_in_order(jobs, self.s.workers, fingerprint=input_fingerprint)
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -180,13 +180,15 @@ class _Run:
         started = time.perf_counter()
         try:
             for index in range(done, len(self.files)):
-                # Fingerprinted before its windows are read, so that a later change is seen on resume.
-                entry = {"file": str(self.files[index]), "input": input_fingerprint(self.files[index]),
-                         "skipped": None, "rows": []}
+                entry = {"file": str(self.files[index]), "input": None, "skipped": None, "rows": []}
                 try:
                     if index in unannotated:
+                        entry["input"] = input_fingerprint(self.files[index])
                         raise UnusableMedia(unannotated[index])
-                    entry["rows"] = self.append_rows(index, next(decoded)[1])
+                    windows = next(decoded)[1]
+                    # Taken just before the file was decoded: a later change is seen on resume.
+                    entry["input"] = windows.fingerprint
+                    entry["rows"] = self.append_rows(index, windows)
                 except UnusableMedia as exc:
                     self.work.discard_uncommitted()  # the rows of the windows before a corrupt part
                     entry.update(skipped=str(exc), rows=[])
