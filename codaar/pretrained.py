@@ -16,6 +16,7 @@ trainer's other settings change.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +25,14 @@ import numpy as np
 import torch
 
 from codaar.data import DataFormatError, TriModalData, build_synthetic, load_dataset, synthetic_config
+from codaar.data import fingerprint as data_fingerprint
 from codaar.model.codaar_model import CoDAARModel
 from codaar.run_folder import checkpoint as ckpt
 from codaar.run_folder.checkpoint import CheckpointError
 from codaar.run_folder.metrics_log import METRICS_FILE
 
-__all__ = ["CheckpointError", "Pretrained", "PretrainedDataError", "check_compatible", "inputs", "load_eval_data",
-           "load_pretrained", "read_paths", "text_mask"]
+__all__ = ["CheckpointError", "Pretrained", "PretrainedDataError", "check_compatible", "data_provenance", "inputs",
+           "load_eval_data", "load_pretrained", "provenance_note", "read_paths", "text_mask"]
 
 # The run's settings that name its pretraining data, and the JSON types the trainer records them as.
 PRETRAINING_DATA = {"data": (str, type(None)), "data_preset": (str,), "data_seed": (int,),
@@ -107,12 +109,22 @@ def load_eval_data(pretrained: Pretrained, data_dir: str | None = None, data_pre
                    data_seed: int | None = None, modalities: tuple[str, ...] | None = None) -> TriModalData:
     """The data set to run the model on: `data_dir`, or a built-in preset, or (default) the data set the
     checkpoint was pretrained on (its config's data folder, or data_preset / data_seed / pretrain_clips).
-    It must fit the model in `modalities` (default: all of the model's)."""
+    It must fit the model in `modalities` (default: all of the model's).
+
+    The checkpoint's own data must be the data it was trained on (its recorded fingerprint, when it
+    has one): a change is refused. Other data the caller asked for is used; `data_provenance` says
+    how it differs, for the outputs to state."""
     cfg = pretrained.run_settings
+    asked = data_dir is not None or data_preset is not None or data_seed is not None
     try:
         if data_dir is not None:
             data = load_dataset(data_dir)
         elif data_preset is None and cfg["data"]:
+            if not os.path.isabs(cfg["data"]):  # recorded as typed by a codaar before absolute paths
+                raise PretrainedDataError(
+                    f"data: {pretrained.path / ckpt.META}: field 'config.data': expected an absolute path, found "
+                    f"{cfg['data']!r} (relative to a directory the run did not record); pass --data with the "
+                    "folder the run was trained on")
             data = load_dataset(cfg["data"])
         else:
             same = data_preset is None or data_preset == cfg["data_preset"]
@@ -122,10 +134,46 @@ def load_eval_data(pretrained: Pretrained, data_dir: str | None = None, data_pre
                 overrides["num_pretrain"] = cfg["pretrain_clips"]
             seed = data_seed if data_seed is not None else cfg["data_seed"]
             data = build_synthetic(synthetic_config(preset, seed=seed, **overrides))
+    except PretrainedDataError:
+        raise
     except (DataFormatError, OSError, ValueError) as exc:
         raise PretrainedDataError(f"data: {exc}") from None
     check_compatible(pretrained, data, modalities=modalities)
+    if not asked:
+        current = _fingerprint(data)
+        problem = data_fingerprint.refusal(pretrained.meta.get("data_fingerprint"), current, "running its model")
+        if problem:
+            raise PretrainedDataError(f"{problem}; recorded in {pretrained.path / ckpt.META}; pass --data to "
+                                      "use this data anyway (the outputs then say so)")
     return data
+
+
+def _fingerprint(data: TriModalData) -> dict:
+    try:
+        return data_fingerprint.data_fingerprint(data)
+    except (DataFormatError, OSError) as exc:
+        raise PretrainedDataError(f"data: {exc}") from None
+
+
+def data_provenance(pretrained: Pretrained, data: TriModalData) -> dict:
+    """What `data` is next to the data the checkpoint was pretrained on, for an output's manifest:
+    {"data", "fingerprint", "pretraining_data", "same_as_pretraining" (None: not recorded), "differences"}."""
+    recorded = pretrained.meta.get("data_fingerprint")
+    current = _fingerprint(data)
+    found = data_fingerprint.differences(recorded, current) if recorded is not None else []
+    return {"data": data_fingerprint.describe(current), "fingerprint": current,
+            "pretraining_data": data_fingerprint.describe(recorded),
+            "same_as_pretraining": None if recorded is None else not found, "differences": found}
+
+
+def provenance_note(provenance: dict) -> str | None:
+    """A line for an output's tables when the data is not the pretraining data (None when it is)."""
+    if provenance["same_as_pretraining"] is None:
+        return f"data: {provenance['data']} (the checkpoint recorded no fingerprint of its pretraining data)"
+    if provenance["same_as_pretraining"]:
+        return None
+    return (f"NOT THE PRETRAINING DATA: scored on {provenance['data']}; the model was pretrained on "
+            f"{provenance['pretraining_data']} ({'; '.join(provenance['differences'])})")
 
 
 def check_compatible(pretrained: Pretrained, data: TriModalData, name: str = "data",

@@ -1,6 +1,7 @@
 """codaar.data: the built-in data set, the project's on-disk format, the import of the authors'
 layout, the text featurizer, the DataLoader helper and the trainer's batches (`batches`: gathered
-ahead with one copy).
+ahead with one copy); `fingerprint` (what a run was trained on, what an extraction read) and
+`splits` (clips listed twice, train/val/test sharing clips).
 
 Typical use::
 

@@ -27,6 +27,7 @@ from .extract import cli as extract_cli
 from .extract.settings import TEXT_FEATURIZERS
 from .flags import SyntheticSettings
 from .format import load_dataset, read_manifest
+from .splits import ALLOW_FLAG, HELD_APART, split_problems
 from .synthetic import write_synthetic
 
 
@@ -142,6 +143,12 @@ def _print_summary(root: Path, finite: bool) -> None:
         print(f"labels[{name}]: background on {background:.1%} of segments")
     if "segment_fix" in data.info:
         print(f"segment fix-up: {data.info['segment_fix']}")
+    problems = split_problems(data.splits)
+    for problem in problems:
+        print(f"split problem: {problem} (train and evaluate refuse this without {ALLOW_FLAG})")
+    if not problems:
+        held = [name for name in HELD_APART if name in data.splits]
+        print("splits: no clip listed twice" + (f", {'/'.join(held)} disjoint" if len(held) > 1 else ""))
     print("finite check: " + ("passed" if finite else "skipped"))
 
 

@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from codaar.encode.export import EncodeError, EncodeSettings, encode_dataset
+from codaar.pretrained import provenance_note
 from codaar.runtime.interrupts import Interrupted, interrupted_line, interruptible
 from codaar.runtime.outputs import OutputError, os_error_line
 from codaar.settings import (
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"wrote {command.out}: {manifest['clips']} clips x {manifest['segments']} steps, "
           f"{'/'.join(manifest['modalities'])} ({written}), K={manifest['num_codes']}, "
           f"checkpoint {manifest['checkpoint']['folder']} (step {manifest['checkpoint']['step']})")
+    if note := provenance_note(manifest["pretraining_data"]):
+        print(note)
     return manifest
 
 

@@ -5,7 +5,9 @@ Batches of clips go through `CoDAARModel.encode` (eval mode, frozen codebooks) a
 only when complete (`codaar.runtime.publish.atomic_output_dir`). Layout::
 
     manifest.json             format, version, checkpoint (folder, step, SHA-256 of its tensors), K, D,
-                              modalities, T, clips, split, data, what was written, settings
+                              modalities, T, clips, split, data, what was written, settings, and
+                              pretraining_data: the data's fingerprint and how it differs from the
+                              data the model was pretrained on (`codaar.pretrained.data_provenance`)
     clips.npy                 [N] int64       each row's clip index in the data set
     clip_ids.npy              [N] unicode     each row's clip id (when the data set has ids)
     indices/<modality>.npy    [N, T] int64    the code index of each second (text: each token step)
@@ -34,6 +36,7 @@ from codaar.pretrained import (
     CheckpointError,
     Pretrained,
     PretrainedDataError,
+    data_provenance,
     inputs,
     load_eval_data,
     load_pretrained,
@@ -100,6 +103,7 @@ def encode_dataset(checkpoint, out, settings: EncodeSettings | None = None, *, o
                           f"found {unknown}")
     try:
         data = load_eval_data(pretrained, settings.data, settings.data_preset, settings.data_seed, modalities)
+        provenance = data_provenance(pretrained, data)  # the manifest says when it is not the pretraining data
     except PretrainedDataError as exc:
         raise EncodeError(str(exc)) from None
     clips = _clips(data, settings.split)
@@ -157,6 +161,7 @@ def encode_dataset(checkpoint, out, settings: EncodeSettings | None = None, *, o
             mapped.flush()
         arrays.clear()  # close the memory maps before the folder is renamed into place
         manifest = _manifest(pretrained, data, settings, modalities, outputs, n, files)
+        manifest["pretraining_data"] = provenance
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
 

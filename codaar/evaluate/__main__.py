@@ -55,6 +55,8 @@ class EvaluateCommand:
     data_preset: str | None = setting(None, "built-in data set preset instead (none: the checkpoint's)",
                                       choices=tuple(DATA_PRESETS))
     data_seed: int | None = setting(None, "seed of the built-in data set (none: the checkpoint's)", at_least=0)
+    allow_split_problems: bool = setting(False, "accept a data set whose train/val/test splits share clips or whose "
+                                         "splits list a clip twice (refused otherwise)")
     protocol: str = setting("clean", "clean, official (the authors' scripts as coded) or both (see "
                             "codaar/evaluate/protocols.py)", choices=(*PROTOCOLS, "both"))
     tasks: tuple[str, ...] = setting(TASKS, "the protocols to run", choices=TASKS)
@@ -140,13 +142,14 @@ def run_cli(checkpoint: str, command: EvaluateCommand, protocols: tuple[str, ...
     if command.curve:
         return transfer_curve(checkpoint, every=command.curve_every,
                               tasks=tuple(t for t in command.tasks if t != "retrieval"), ave=ave, avvp=avvp,
-                              out=out, plots=command.plots, log=lambda s: print(s, file=sys.stderr))
+                              out=out, plots=command.plots, log=lambda s: print(s, file=sys.stderr),
+                              allow_split_problems=command.allow_split_problems)
     return evaluate(
         checkpoint, data=command.data, data_preset=command.data_preset, data_seed=command.data_seed,
         protocols=protocols, tasks=command.tasks, head_input=command.head_input, ave=ave, avvp=avvp,
         transfer_data=command.transfer_data, transfer_preset=command.transfer_preset,
         transfer_seed=command.transfer_seed, class_map=command.class_map, out=out, plots=command.plots,
-        name=command.name, log=lambda s: print(s, file=sys.stderr))
+        name=command.name, log=lambda s: print(s, file=sys.stderr), allow_split_problems=command.allow_split_problems)
 
 
 def build_baselines_parser() -> argparse.ArgumentParser:

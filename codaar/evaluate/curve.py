@@ -36,7 +36,8 @@ def checkpoints_of(run: Path, every: int = 1) -> list[Path]:
 
 
 def transfer_curve(run: str | Path, every: int = 1, tasks=("ave",), ave: dict | None = None,
-                   avvp: dict | None = None, out: str | Path | None = None, plots: bool = True, log=print) -> dict:
+                   avvp: dict | None = None, out: str | Path | None = None, plots: bool = True, log=print,
+                   allow_split_problems: bool = False) -> dict:
     """Score each picked checkpoint (clean protocol, every cross-modal direction of each task: ave,
     avvp); returns and writes {"points": [{step, transfer, transfer/<task>, per direction}], "steps_to_95",
     "logged": per-step usage/agreement}. transfer: the mean over the tasks of each task's mean."""
@@ -55,7 +56,7 @@ def transfer_curve(run: str | Path, every: int = 1, tasks=("ave",), ave: dict | 
     points = []
     for folder in folders:
         result = evaluate(folder, protocols=("clean",), tasks=tasks, directions=directions, ave=ave, avvp=avvp,
-                          plots=False, eval_data=data, log=lambda s: None)
+                          plots=False, eval_data=data, log=lambda s: None, allow_split_problems=allow_split_problems)
         point = {"step": int(ckpt.read_meta(folder)["step"])}
         for task in tasks:
             values = {f"{task} {tables.arrow(s, t)}": result["clean"][task][s][t]["precision"] for s, t in directions}

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from codaar.data import DataFormatError, TriModalData, build_synthetic, load_dataset, synthetic_config
+from codaar.data import splits as split_check
 from codaar.data.text_files import read_csv_records
 from codaar.evaluate import tables
 from codaar.evaluate.errors import EvaluationError
@@ -29,7 +30,7 @@ from codaar.evaluate.protocols import (
     run_retrieval,
     with_settings,
 )
-from codaar.pretrained import Pretrained, read_paths
+from codaar.pretrained import Pretrained, PretrainedDataError, data_provenance, provenance_note, read_paths
 from codaar.runtime.outputs import check_output
 from codaar.runtime.publish import staged_files
 
@@ -118,12 +119,15 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
              avvp: dict | None = None, transfer_data: str | None = None, transfer_preset: str | None = None,
              transfer_seed: int | None = None, class_map: str | None = None, directions=None,
              out: str | Path | None = None, plots: bool = True, name: str | None = None, log=print,
-             eval_data: TriModalData | None = None) -> dict:
+             eval_data: TriModalData | None = None, allow_split_problems: bool = False) -> dict:
     """Run the protocols on one checkpoint; write tables (and plots) to `out` when given.
 
     Returns {"checkpoint", "modalities", "<protocol>": {"ave": {src: {tgt: {...}}, "_info": ...},
-    "avvp": ..., "retrieval": ...}, ...}. `ave` / `avvp`: HeadSettings overrides (lr, batch_size, epochs).
-    `eval_data`: a data set already loaded (several checkpoints of one run) instead of data/data_preset."""
+    "avvp": ..., "retrieval": ...}, "data": the data's fingerprint and how it differs from the
+    pretraining data (`codaar.pretrained.data_provenance`; the tables say so when it does), ...}.
+    `ave` / `avvp`: HeadSettings overrides (lr, batch_size, epochs).
+    `eval_data`: a data set already loaded (several checkpoints of one run) instead of data/data_preset.
+    Splits that share clips or list one twice are refused unless `allow_split_problems`."""
     pretrained = load_pretrained(checkpoint)
     if eval_data is not None:
         check_compatible(pretrained, eval_data)
@@ -137,6 +141,9 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise EvaluationError(f"--tasks: expected names from {TASKS}, found {unknown}")
+    for checked in ([data_a] if data_b is data_a else [data_a, data_b]) if not allow_split_problems else ():
+        if problem := split_check.refusal(checked, "evaluation"):
+            raise EvaluationError(problem)
     if out is not None:
         check_output(out, {**read_paths(pretrained, data_a, data_b), "--class-map": class_map})
     mods = pretrained.modalities
@@ -145,7 +152,8 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
     avvp_settings = with_settings(AVVP_DEFAULTS, **(avvp or {}))
     result = {"checkpoint": str(pretrained.path), "name": name or Path(pretrained.path).parent.parent.name,
               "modalities": list(mods), "checkpoint_epoch": pretrained.epoch, "cross_dataset": data_b is not data_a,
-              "ave_settings": vars(ave_settings), "avvp_settings": vars(avvp_settings)}
+              "ave_settings": vars(ave_settings), "avvp_settings": vars(avvp_settings),
+              "data": _provenance(pretrained, data_a)}
     sources = sorted({s for s, _ in pairs}, key=mods.index)
     for protocol in protocols:  # refused before any head trains, not after the first protocol's tables
         planned = Task(pretrained, data_a, data_b, protocol=protocol, head_input=head_input)
@@ -194,11 +202,19 @@ def training_notes(protocol_result: dict) -> list[str]:
     return ([f"heads trained: {'; '.join(counts)}"] if counts else []) + warnings
 
 
+def _provenance(pretrained, data: TriModalData) -> dict:
+    try:
+        return data_provenance(pretrained, data)
+    except PretrainedDataError as exc:
+        raise EvaluationError(str(exc)) from None
+
+
 def write_report(result: dict, out: Path, protocols) -> str:
     """tables.md / tables.json (Tables 1-3 layout) and results.json."""
     out.mkdir(parents=True, exist_ok=True)
     mods = result["modalities"]
     table_no = "1" if "text" not in mods else "2"
+    data_notes = [note] if "data" in result and (note := provenance_note(result["data"])) else []
     parts = []
     for protocol in protocols:
         header, values = tables.transfer_row(result[protocol], mods)
@@ -209,7 +225,7 @@ def write_report(result: dict, out: Path, protocols) -> str:
                                              if protocol == "official" else
                                              "encoder in eval mode, epoch selected on the source modality's val "
                                              "split, scored on the held-out test split")]
-        notes += training_notes(result[protocol])
+        notes += training_notes(result[protocol]) + data_notes
         parts.append(tables.markdown(f"Table {table_no} layout -- cross-modal transfer ({protocol})",
                                      ["method"] + header, [[result["name"]] + [tables.fmt(v) for v in values]], notes))
         # accuracy and F1 (not in the paper's tables, but what a reader wants too)
@@ -229,7 +245,7 @@ def write_report(result: dict, out: Path, protocols) -> str:
     if "retrieval" in result:
         header, cells = tables.retrieval_row(result["retrieval"])
         parts.append(tables.markdown("Table 3 layout -- zero-shot retrieval, Recall@1/5/10 (%)", ["method"] + header,
-                                     [[result["name"]] + cells], [RETRIEVAL_DOC]))
+                                     [[result["name"]] + cells], [RETRIEVAL_DOC, *data_notes]))
     text = "\n".join(parts)
     tables.write(out, "tables", text, result)
     return text

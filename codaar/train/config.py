@@ -10,6 +10,7 @@ runs or is written.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections.abc import Mapping, Sequence
 
@@ -50,6 +51,8 @@ class TrainConfig:
     pretrain_clips: int | None = setting(None, "built-in data: number of pretraining clips (none: the preset's)",
                                          at_least=1)
     split: str = setting("pretrain", "which split of the data to pretrain on")
+    allow_split_problems: bool = setting(False, "accept a data set whose train/val/test splits share clips or "
+                                         "whose splits list a clip twice (refused otherwise)", resume=FREE)
     data_workers: int | None = setting(None, "threads that gather the next batches while a step runs, each batch "
                                        "with one copy into a reused (pinned) buffer (0: in the main process when "
                                        "the step asks for it; none: one per CPU beyond the first, at most 4)",
@@ -95,6 +98,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.validate_fields()
+        if self.data == "":
+            raise SettingsError("data", "a data folder", "''")
+        if self.data is not None:  # recorded absolute: later commands may run in another directory
+            object.__setattr__(self, "data", os.path.abspath(self.data))
         if self.data_preset is None:
             object.__setattr__(self, "data_preset", "paper" if self.model.preset == "paper" else "default")
         if not _DEVICE.match(self.device):

@@ -27,7 +27,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from codaar.data import TriModalData, build_synthetic, load_dataset, synthetic_config
+from codaar.data import splits as split_check
 from codaar.data.batches import BatchGather, Prefetcher, default_workers, to_device
+from codaar.data.fingerprint import data_fingerprint
+from codaar.data.fingerprint import refusal as fingerprint_refusal
 from codaar.model import CoDAARModel, ModelConfig
 from codaar.run_folder import checkpoint as ckpt
 from codaar.run_folder.checkpoint_writer import CheckpointWriter
@@ -124,6 +127,9 @@ class Trainer:
         self.data = load_data(cfg)
         if cfg.split not in self.data.splits:
             raise TrainingError(f"--split {cfg.split}: the data has no such split (it has {sorted(self.data.splits)})")
+        if not cfg.allow_split_problems and (problem := split_check.refusal(self.data, "training")):
+            raise TrainingError(problem)
+        self.data_fingerprint = data_fingerprint(self.data)  # recorded in every checkpoint, compared on resume
         needed = cfg.model.cpc_prediction_steps + 2
         if cfg.model.cpc and self.data.segments < needed:
             raise TrainingError(f"--cpc-prediction-steps {cfg.model.cpc_prediction_steps}: CPC needs clips of at "
@@ -213,6 +219,8 @@ class Trainer:
         where = folder / ckpt.META
         saved_train, saved_model = saved_configs(meta, str(where))
         refused, changed = resume_differences(saved_train, self.cfg, saved_model, self.model_config)
+        if changed_data := fingerprint_refusal(meta.get("data_fingerprint"), self.data_fingerprint, "--resume"):
+            refused.append(changed_data)
         if refused:
             raise TrainingError(f"--resume {self.run_dir}: " + "; ".join(refused))
         if self.group.is_main:
@@ -231,7 +239,8 @@ class Trainer:
 
     def _write_config(self, resumes: list[dict]) -> None:
         """config.json: the run's settings now, the resolved model, and what each resume changed."""
-        config = {"train": self.cfg.to_dict(), "model": self.model_config.to_dict(), "resumes": resumes}
+        config = {"train": self.cfg.to_dict(), "model": self.model_config.to_dict(), "resumes": resumes,
+                  "data_fingerprint": self.data_fingerprint}
         _atomic_write(self.run_dir / "config.json", json.dumps(config, indent=1))
 
     def _checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict]:
@@ -242,7 +251,7 @@ class Trainer:
         tensors.update(optimizer_tensors)
         meta = {"config": self.cfg.to_dict(), "model_config": self.model_config.to_dict(),
                 "optimizer": optimizer_meta, "epoch": self.step // self.batches.steps_per_epoch,
-                "skipped_steps": self.skipped_steps}
+                "skipped_steps": self.skipped_steps, "data_fingerprint": self.data_fingerprint}
         return tensors, meta
 
     def _graph_step(self) -> GraphedTrainStep:

@@ -1,6 +1,6 @@
 """``python -m codaar.data extract``: from a folder of videos (and captions, labels) to a data set.
 
-Modules, one idea each: `inputs` (which files, their clip ids), `media` (PyAV decoding, the
+Modules, one idea each: `inputs` (which files, their clip ids and fingerprints), `media` (PyAV decoding, the
 segment/window policy, the decode workers), `logmel` (VGGish's input examples), `vggish` and
 `vgg19` (the feature models, with `vgg_stack`), `weights` (local, published or random weights),
 `features` (the models of one run), `captions` (per-clip text and how it is written) and

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..fingerprint import file_fingerprint
 from ..text_files import read_text_lines
 from .media import MEDIA_EXTENSIONS
 
@@ -39,9 +40,19 @@ def clip_ids_of(files: list[Path]) -> list[str]:
     return [f.stem for f in files]
 
 
-def file_record(path: Path) -> list:
-    """(resolved path, size): what identifies an input in the resume fingerprint."""
+def input_path(path: Path) -> str:
+    """The resolved path: what names an input in the run's digest (its content is journalled per file)."""
     try:
-        return [str(path.resolve()), path.stat().st_size]
+        return str(path.resolve())
     except OSError:
-        return [str(path), None]
+        return str(path)
+
+
+def input_fingerprint(path: Path) -> dict | None:
+    """Size, mtime and sampled content digest of an input (`codaar.data.fingerprint`), journalled with
+    its features: a resumed run recomputes a file whose fingerprint changed. None: unreadable (the
+    decoder then says why)."""
+    try:
+        return file_fingerprint(path)
+    except OSError:
+        return None

@@ -324,11 +324,12 @@ def _exit_with_parent(parent: int) -> None:
 WINDOWS_AHEAD = 2  # windows a decode worker may have ready before the models take them
 
 
-def _decode_worker(jobs: list, windows, parent: int) -> None:
-    """A decode process: the files of `jobs` in order, each as its windows then ("done", ...) or
-    ("unusable", reason) on the queue `windows`."""
+def _decode_worker(jobs: list, windows, parent: int, fingerprint=None) -> None:
+    """A decode process: the files of `jobs` in order, each as ("start", its fingerprint taken before
+    it is read), its windows, then ("done", ...) or ("unusable", reason) on the queue `windows`."""
     _exit_with_parent(parent)
     for index, path, settings in jobs:
+        windows.put(("start", index, fingerprint(path) if fingerprint else None))
         try:
             for window in _guarded(ClipWindows(path, settings)):
                 windows.put(("window", index, window))
@@ -337,8 +338,8 @@ def _decode_worker(jobs: list, windows, parent: int) -> None:
             windows.put(("unusable", index, str(exc)))
 
 
-def _received(windows, worker, job):
-    """The windows of `job` as a decode worker sends them; UnusableMedia with the worker's reason."""
+def _message(windows, worker, job) -> tuple[str, object]:
+    """The next message of a decode worker about `job`."""
     while True:
         try:
             kind, index, payload = windows.get(timeout=1.0)
@@ -350,6 +351,13 @@ def _received(windows, worker, job):
                 "rerun the same command to resume, or use --workers 0 to find the file") from None
         if index != job[0]:
             raise RuntimeError(f"decode worker out of order: file {index} while {job[0]} was expected")
+        return kind, payload
+
+
+def _received(windows, worker, job):
+    """The windows of `job` as a decode worker sends them; UnusableMedia with the worker's reason."""
+    while True:
+        kind, payload = _message(windows, worker, job)
         if kind == "done":
             return
         if kind == "unusable":
@@ -357,24 +365,40 @@ def _received(windows, worker, job):
         yield payload
 
 
-def decoded_in_order(jobs: list, workers: int):
-    """(file index, its windows) in input order, for jobs (file index, path, DecodeSettings); iterating
-    a file's windows (all of them, before the next file's) raises `UnusableMedia` with the reason a
-    file cannot give a clip. With workers, worker w decodes files w, w + workers, ... and is at most
-    WINDOWS_AHEAD windows ahead, so memory stays bounded however many and however long the files are."""
+class FileWindows:
+    """The windows of one file (an iterable) and `fingerprint`: the file's, taken before it was read."""
+
+    def __init__(self, windows, fingerprint):
+        self.windows, self.fingerprint = windows, fingerprint
+
+    def __iter__(self):
+        return iter(self.windows)
+
+
+def decoded_in_order(jobs: list, workers: int, fingerprint=None):
+    """(file index, its windows: `FileWindows`) in input order, for jobs (file index, path,
+    DecodeSettings); iterating a file's windows (all of them, before the next file's) raises
+    `UnusableMedia` with the reason a file cannot give a clip. `fingerprint` (a module-level function
+    of a path) is applied to each file just before it is decoded, in the process that decodes it, so
+    that the fingerprint journalled with the features describes the bytes they came from. With
+    workers, worker w decodes files w, w + workers, ... and is at most WINDOWS_AHEAD windows ahead, so
+    memory stays bounded however many and however long the files are."""
     if workers == 0:
         for index, path, settings in jobs:
-            yield index, _guarded(ClipWindows(path, settings))
+            taken = fingerprint(path) if fingerprint else None
+            yield index, FileWindows(_guarded(ClipWindows(path, settings)), taken)
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
     queues = [context.Queue(WINDOWS_AHEAD) for _ in range(workers)]
-    processes = [context.Process(target=_decode_worker, args=(jobs[w::workers], queues[w], os.getpid()), daemon=True)
-                 for w in range(workers)]
+    processes = [context.Process(target=_decode_worker, args=(jobs[w::workers], queues[w], os.getpid(), fingerprint),
+                                 daemon=True) for w in range(workers)]
     for process in processes:
         process.start()
     try:
         for k, job in enumerate(jobs):
-            yield job[0], _received(queues[k % workers], processes[k % workers], job)
+            source, worker = queues[k % workers], processes[k % workers]
+            _, taken = _message(source, worker, job)  # ("start", the fingerprint)
+            yield job[0], FileWindows(_received(source, worker, job), taken)
     finally:
         for process in processes:
             process.terminate()

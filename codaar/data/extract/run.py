@@ -10,6 +10,7 @@ than ``max_bad_fraction`` of the files are bad (and stops early once that is cer
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from ..text import caption_tokens, make_text_featurizer, prompt_table
 from ..text_files import read_csv_rows
 from . import annotations as label_files
 from . import captions as caption_files
-from .inputs import clip_ids_of, file_record, find_media
+from .inputs import clip_ids_of, find_media, input_fingerprint, input_path
 from .logmel import EXAMPLE_FRAMES, NUM_BANDS, SAMPLE_RATE
 from .media import DecodeSettings, UnusableMedia, decoded_in_order
 from .settings import ExtractSettings
@@ -114,7 +115,7 @@ class _Run:
 
     def fingerprint(self) -> dict:
         settings = {k: v for k, v in asdict(self.s).items() if k not in ("workers", "max_bad_fraction", "device")}
-        return {"files": [file_record(f) for f in self.files], "settings": settings,
+        return {"files": [input_path(f) for f in self.files], "settings": settings,
                 "csv_sha256": {k: _csv_digest(getattr(self.s, k)) for k in ("captions", "labels", "prompts")},
                 "weights": self.models.records, "text": self.featurizer.describe() if self.featurizer else None}
 
@@ -166,11 +167,12 @@ class _Run:
         from .workdir import WorkFolder
 
         self.work = WorkFolder(self.work_root, self.fingerprint(), self.arrays, restart)
+        self._rewind_changed_inputs()
         done = len(self.work.entries)
         bad = sum(1 for e in self.work.entries if e["skipped"] is not None)
         unannotated = {i: reason for i in range(done, len(self.files)) if (reason := self.missing_annotation(i))}
         jobs = [(i, str(self.files[i]), self.decode) for i in range(done, len(self.files)) if i not in unannotated]
-        decoded = decoded_in_order(jobs, self.s.workers)
+        decoded = decoded_in_order(jobs, self.s.workers, fingerprint=input_fingerprint)
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -179,11 +181,15 @@ class _Run:
         started = time.perf_counter()
         try:
             for index in range(done, len(self.files)):
-                entry = {"file": str(self.files[index]), "skipped": None, "rows": []}
+                entry = {"file": str(self.files[index]), "input": None, "skipped": None, "rows": []}
                 try:
                     if index in unannotated:
+                        entry["input"] = input_fingerprint(self.files[index])
                         raise UnusableMedia(unannotated[index])
-                    entry["rows"] = self.append_rows(index, next(decoded)[1])
+                    windows = next(decoded)[1]
+                    # Taken just before the file was decoded: a later change is seen on resume.
+                    entry["input"] = windows.fingerprint
+                    entry["rows"] = self.append_rows(index, windows)
                 except UnusableMedia as exc:
                     self.work.discard_uncommitted()  # the rows of the windows before a corrupt part
                     entry.update(skipped=str(exc), rows=[])
@@ -203,6 +209,18 @@ class _Run:
         if bad > self.s.max_bad_fraction * len(self.files):  # a resumed run that had nothing left to do
             self._fail(bad)
 
+    def _rewind_changed_inputs(self) -> None:
+        """Forget the work from the first input whose fingerprint changed since it was extracted: the
+        arrays hold the files in input order, so it and every file after it are extracted again."""
+        self.recomputed = None
+        for index, entry in enumerate(self.work.entries):
+            if entry.get("input") != input_fingerprint(self.files[index]):
+                self.recomputed = {"file": entry["file"], "files": len(self.work.entries) - index}
+                print(f"extract: {entry['file']} changed since it was extracted; extracting it and the "
+                      f"{self.recomputed['files'] - 1} file(s) after it again", file=sys.stderr)
+                self.work.rewind(index)
+                return
+
     # -------------------------------------------------------------------------------- report
     def report(self) -> dict:
         entries = self.work.entries
@@ -211,6 +229,8 @@ class _Run:
                   "clips": self.work.rows, "skipped": skipped,
                   "without_video": [e["file"] for e in entries if e["rows"] and not e["rows"][0]["video"]],
                   "bad_fraction": len(skipped) / len(self.files), "max_bad_fraction": self.s.max_bad_fraction}
+        if getattr(self, "recomputed", None):
+            report["recomputed"] = self.recomputed
         if getattr(self, "files_this_run", 0):
             report["this_run"] = {"files": self.files_this_run, "seconds": round(self.seconds, 3),
                                   "seconds_per_file": round(self.seconds / self.files_this_run, 4)}

@@ -7,7 +7,9 @@ journal line is written after the file's rows, so a line that is there describes
 there (the rows of a file found unusable midway are dropped before its line is written). A killed
 run is resumed by truncating every array to the journal's last length and continuing with the
 next file; the arrays only ever receive the same bytes in the same order, so the result equals an
-uninterrupted run bit for bit.
+uninterrupted run bit for bit. Each journal line also holds its input's fingerprint (size, mtime,
+sampled content digest: `codaar.data.fingerprint`); a resumed run rewinds to the first input that
+changed since and extracts it and the files after it again.
 
 At the end the headers get their final length and the files are hard-linked (copied where links
 are not possible) into the output folder, which appears atomically; the work folder is removed
@@ -130,6 +132,14 @@ class WorkFolder:
             raise ValueError(f"append: expected equal row counts for {sorted(self.arrays)}, got {counts}")
         for name, block in blocks.items():
             self.arrays[name].append(block)
+
+    def rewind(self, count: int) -> None:
+        """Keep only the first ``count`` journalled files (the journal first, so a crash in between
+        leaves arrays longer than the journal, which the next open truncates)."""
+        self.entries = self.entries[:count]
+        self._rewrite_journal()
+        for array in self.arrays.values():
+            array.truncate(self.rows)
 
     def discard_uncommitted(self) -> None:
         """Drop the rows appended since the last journal line."""
