@@ -383,6 +383,8 @@ class Trainer:
             return
         self._log_point(feed, log, progress)
         signum = stop.signum if self.group.world_size == 1 else self._agreed_signal(stop.signum)
+        if self.step == self.total_steps:
+            signum = None  # the run is complete: it ends as it would have
         checkpoint = self._save() if saving or signum is not None else None
         if signum is not None:
             raise TrainingInterrupted(signum, self.step, checkpoint)
