@@ -5,7 +5,8 @@ SIGBUS that kills the process; too many open files would break pytest itself).
     python -m tests.fault_runner SPEC.json RESULT.json
 
 SPEC: {"cases": [{"program": "train" | "encode" | "evaluate" | "data" | "ablate", "argv": [...],
-"signal": null or ["module:attribute", N, signum]}], "free_files": null or N}. With free_files, each
+"signal": null or ["module:attribute", N, signum], "signals": a list of such triples}], "free_files": null
+or N}. With free_files, each
 program runs with the open-file limit (RLIMIT_NOFILE) set to the files open before it plus N. With a
 signal, the process sends itself `signum` at the N-th call of the attribute (then makes the call).
 RESULT: [{"status", "stdout", "stderr", "traceback", "handlers_restored"}] per case.
@@ -59,13 +60,15 @@ def signal_at(target: str | None, count: int, signum: int):
         setattr(owner, name, original)
 
 
-def run(program: str, argv: list[str], free_files: int | None, interrupt: list | None) -> dict:
+def run(program: str, argv: list[str], free_files: int | None, interrupts: list[list]) -> dict:
     main = importlib.import_module(MAINS[program]).main
     out, err = io.StringIO(), io.StringIO()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     status, trace = 0, None
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), signal_at(*(interrupt or (None, 0, 0))):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.ExitStack() as signals:
+        for interrupt in interrupts:
+            signals.enter_context(signal_at(*interrupt))
         try:
             if free_files is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) - 1 + free_files, hard))
@@ -86,7 +89,9 @@ def main() -> None:
     spec = json.loads(open(sys.argv[1]).read())
     for module in LAZY + tuple(MAINS.values()):
         importlib.import_module(module)
-    results = [run(case["program"], case["argv"], spec.get("free_files"), case.get("signal")) for case in spec["cases"]]
+    results = [run(case["program"], case["argv"], spec.get("free_files"),
+                   ([case["signal"]] if case.get("signal") else []) + case.get("signals", []))
+               for case in spec["cases"]]
     with open(sys.argv[2], "w") as fh:
         json.dump(results, fh)
 

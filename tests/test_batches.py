@@ -201,7 +201,7 @@ def test_a_waited_time_is_reported_once():
 # ------------------------------------------------------------------------------------ the trainer
 def test_the_trainer_trains_the_same_with_any_number_of_workers(tmp_path):
     # 50 clips in batches of 20: 3 steps an epoch, the last of 10; 5 steps cross into the second epoch
-    args = TINY + ["--pretrain-clips", "50", "--max-steps", "5", "--modalities", "video,audio,text"]
+    args = TINY + ["--pretrain-clips", "50", "--max-steps", "5", "--modalities", "video,audio,text", "--log-every", "1"]
     for workers in ("0", "2"):
         main(args + ["--out", str(tmp_path / workers), "--data-workers", workers])
     assert_same_run(tmp_path / "0", tmp_path / "2")

@@ -243,7 +243,7 @@ def test_a_full_disk_at_the_first_checkpoint_keeps_the_run_resumable(fx, tmp_pat
         assert status == 2, err
         assert_last_line(err, str(run / "checkpoints"), "tensors.safetensors: no space left on the device (ENOSPC)")
         assert sorted(p.name for p in (run / "checkpoints").iterdir()) == []  # the staging folder is gone
-        assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # the log point of step 2, before its save
 
 
 def test_too_many_open_files_is_one_line(fx, tmp_path):

@@ -64,7 +64,7 @@ def exits_with_usage_error(capsys, run, *expected: str) -> None:
 
 def test_a_finished_run_resumed_trains_nothing_and_summarises_its_last_epoch(tmp_path, capsys):
     run = tmp_path / "run"
-    args = TINY + ["--out", str(run), "--max-steps", "12", "--modalities", "video,audio"]
+    args = TINY + ["--out", str(run), "--max-steps", "12", "--modalities", "video,audio", "--log-every", "5"]
     first = main(args)
     capsys.readouterr()
     again = main(args + ["--resume", "auto"])
@@ -74,7 +74,7 @@ def test_a_finished_run_resumed_trains_nothing_and_summarises_its_last_epoch(tmp
     assert again["warnings"] == [] and first["warnings"] == []
     for m in ("video", "audio"):  # the logged window of the last step stands in for the epoch's indices
         assert 0 < again[f"codes_used/{m}"] == first[f"codes_recent/{m}"]
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 12
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [5, 10, 12]  # log points and the end
 
 def test_config_file_then_flags(tmp_path, capsys):
     settings = tmp_path / "run.toml"
@@ -88,12 +88,14 @@ def test_config_file_then_flags(tmp_path, capsys):
 
 def test_run_summary_metrics_and_refusal_to_overwrite(tmp_path, capsys):
     run = tmp_path / "run"
-    summary = main(TINY + ["--out", str(run), "--max-steps", "4", "--modalities", "video,audio"])
+    summary = main(TINY + ["--out", str(run), "--max-steps", "4", "--modalities", "video,audio", "--log-every", "3"])
     printed = capsys.readouterr().out
     assert "CoDAAR pretraining: 4 steps" in printed and "index agreement video-audio" in printed
-    assert summary["steps"] == 4 and "codes_used/video" in summary
+    assert "clips/s" in printed and "GFLOP per step (no MFU on cpu)" in printed
+    assert summary["steps"] == 4 and "codes_used/video" in summary and summary["step_flops"] > 0
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines] == [1, 2, 3, 4]
+    assert [(line["step"], line["steps"]) for line in lines] == [(3, 3), (4, 1)]  # log points, the steps they cover
+    assert {"step_ms", "data_wait_ms", "clips_per_second"} <= lines[0].keys() <= {*lines[0], "mfu"}
     assert {"loss", "rec/audio", "commit/video", "dqa", "cpc", "perplexity/audio", "agreement/video-audio",
             "cpc_acc/audio<-video", "codes_reset"} <= lines[0].keys()
     config = json.loads((run / "config.json").read_text())
@@ -144,7 +146,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     result = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=RUN_LIMIT_S)
     assert result.returncode == 0, result.stderr
     steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 25))  # no step logged twice, none missing
+    assert steps == list(range(2, 25, 2))  # a log point at each checkpoint: none logged twice, none missing
     parted = first_divergence(logged_values(tmp_path / "straight"), logged_values(killed))
     assert parted is None, f"the runs part at {parted}; killed after step {interrupted_at}, resumed from there"
     assert_same_run(tmp_path / "straight", killed)
@@ -152,7 +154,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
 
 def test_float32_tracks_float64(tmp_path):
     """The authors train in float64; float32 follows the same loss trajectory within noise."""
-    args = TINY + ["--epochs", "2", "--modalities", "video,audio", "--dropout", "0"]
+    args = TINY + ["--epochs", "2", "--modalities", "video,audio", "--dropout", "0", "--log-every", "1"]
     main(args + ["--out", str(tmp_path / "f32")])
     main(args + ["--out", str(tmp_path / "f64"), "--float64"])
     f32, f64 = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("f32", "f64"))

@@ -5,6 +5,9 @@ SIGINT raises KeyboardInterrupt wherever it lands. Inside `interruptible()` both
 `Interrupted` in the main thread: the writers' cleanups run (a partial output folder is removed)
 and the program prints one line and exits with 128 + the signal's number (130, 143).
 
+`stop_at_boundary()` turns the first signal into a request that a loop checks at its next safe
+point (the trainer: the end of a step, where it writes a checkpoint); a second one exits at once.
+
 `held_signals()` holds both signals over a step that must not be cut in half, such as the renames
 that publish an output. A signal that arrives meanwhile acts when the step is over: under
 `interruptible()` as `Interrupted(completed=True)` (the output is whole), otherwise as it would have.
@@ -13,6 +16,7 @@ that publish an output. A signal that arrives meanwhile acts when the step is ov
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -86,3 +90,46 @@ def interrupted_line(exc: Interrupted, out) -> str:
     if exc.completed:
         return f"interrupted by {exc.signal_name} while {out} was published; it was completed first"
     return f"interrupted by {exc.signal_name}: {out} is as it was before this command (no partial output)"
+
+
+class StopRequest:
+    """What `stop_at_boundary` hands its block: `signum`, the first SIGINT or SIGTERM that arrived
+    (None while none has)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @property
+    def signal_name(self) -> str | None:
+        return None if self.signum is None else signal.Signals(self.signum).name
+
+
+@contextlib.contextmanager
+def stop_at_boundary(what: str = "the run") -> Iterator[StopRequest]:
+    """While the block runs (in the main thread), the first SIGINT or SIGTERM only asks it to stop:
+    `request.signum` is set and the block checks it at its next safe point (a training step's end).
+    A second signal exits at once with 128 + its number: `os._exit`, as abrupt as kill -9, which
+    every writer of the block must survive (a checkpoint's `latest` is replaced by a rename, so it is
+    the old one or the new one, never half of either). Each says so in one line on stderr, written
+    with `os.write` (a handler may interrupt a `print`)."""
+    request = StopRequest()
+    if not _in_main_thread():
+        yield request
+        return
+
+    def handler(signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if request.signum is None:
+            request.signum = signum
+            os.write(2, f"{name}: {what} stops at the end of this step and writes a checkpoint "
+                        f"(send it again to stop at once)\n".encode())
+            return
+        os.write(2, f"{name} again: {what} stops at once (the last complete checkpoint is kept)\n".encode())
+        os._exit(128 + signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in SIGNALS}
+    try:
+        yield request
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)

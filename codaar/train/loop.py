@@ -1,22 +1,27 @@
 """The training loop: a `Trainer` runs one `TrainConfig` from a laptop CPU to `torchrun` on a node.
 
 With the defaults: AVT on the built-in data set, the authors' recipe (Adam 4e-4, batch 80,
-per-module gradient clipping 0.5), float32, a progress bar, per-step metrics in
-`runs/codaar/metrics.jsonl`, checkpoints in `runs/codaar/checkpoints/`, a summary at the end.
+per-module gradient clipping 0.5), float32, a progress bar, metrics every `--log-every`
+steps in `runs/codaar/metrics.jsonl`, checkpoints in `runs/codaar/checkpoints/`, a summary at the end.
 
 Reproducibility: the data order of an epoch comes from (seed, epoch) and every step reseeds torch's
 RNG from (seed, rank, step) for dropout and draws CPC's t* from (seed, step); the model,
 optimizer and quantizer state are all in the checkpoint. So a run killed at any point and resumed
-with `--resume` ends exactly where the uninterrupted run would have.
+with `--resume` ends exactly where the uninterrupted run would have. SIGTERM or SIGINT stops it at
+the end of the step, after a checkpoint of that step (a second signal stops it at once).
+
+No host sync between log points: a step's logged values, the codes it used and the divergence
+guard's findings stay on the device (codaar/train/step_log.py) until the next log point reads them
+with one copy, so the host can queue the next steps while the device works.
 """
 
 from __future__ import annotations
 
-import collections
 import itertools
 import json
 import math
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,12 +41,15 @@ from codaar.run_folder import checkpoint as ckpt
 from codaar.run_folder.checkpoint_writer import CheckpointWriter
 from codaar.run_folder.metrics_log import METRICS_FILE, read_metrics
 from codaar.runtime import distributed
+from codaar.runtime.flops import count_flops, peak_flops, run_precision
+from codaar.runtime.interrupts import StopRequest, stop_at_boundary
 from codaar.runtime.locks import FolderLock
 from codaar.runtime.profiling import nvtx_range
 from codaar.runtime.schedule import step_decay
 from codaar.runtime.seeding import derived_seed
 from codaar.train.config import TrainConfig, resume_differences, saved_configs
 from codaar.train.graph_step import GraphedTrainStep, set_learning_rate
+from codaar.train.step_log import CodesSeen, LogPoint, StepLog, epoch_mean
 
 
 class TrainingError(Exception):
@@ -51,6 +59,19 @@ class TrainingError(Exception):
 class DivergenceError(Exception):
     """The run went non-finite; it stopped without saving that state (the message names the step,
     what went non-finite and the last good checkpoint)."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run at a step boundary, after a checkpoint of that step."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {self.signal_name} at step {step}")
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
 
 
 # ----------------------------------------------------------------------------------- data
@@ -150,6 +171,10 @@ class Trainer:
         self.clip_groups = {name: list(getattr(self.model, name).parameters())
                             for name in ("encoders", "text_lstm", "cpc", "decoders")
                             if getattr(self.model, name) is not None}
+
+        self.step_flops = self._count_step_flops()
+        self.peak_flops = (peak_flops(torch.cuda.get_device_name(self.device), run_precision(self.dtype, cfg.bf16))
+                           if self.device.type == "cuda" else None)
 
         self.run_dir = Path(cfg.out)
         self.metrics_path = self.run_dir / METRICS_FILE
@@ -321,11 +346,21 @@ class Trainer:
             values["skipped_steps"] = out.loss.new_tensor(float(self.skipped_steps))
         return values, out.indices
 
+    def advance(self, positions: np.ndarray, batch: dict[str, torch.Tensor] | None = None) -> None:
+        """Train one step and fold what it logs into the device-side log: no value is read back."""
+        values, indices = self.train_step(positions, batch)
+        self.step_log.add(self.step + 1, values)
+        self.codes_seen.add(self.step, indices)
+        self.step += 1
+
     def run(self) -> dict:
         cfg = self.cfg
         started, first_step = time.perf_counter(), self.step
-        recent = collections.deque(self._logged_records(), maxlen=self.batches.steps_per_epoch)
-        used = collections.deque(maxlen=self.batches.steps_per_epoch)
+        self.records = self._logged_records()
+        self.step_log = StepLog(self.device, self._guarded)
+        self.codes_seen = CodesSeen(self.model_config.modalities, self.model_config.num_codes,
+                                    self.batches.steps_per_epoch, self.device)
+        self.window_started, self.data_wait = time.perf_counter(), 0.0
         progress = tqdm(total=self.total_steps, initial=self.step, desc="codaar", unit="step", dynamic_ncols=True,
                         disable=not (cfg.progress and self.group.is_main))
         log = open(self.metrics_path, "a") if self.group.is_main else None
@@ -333,32 +368,15 @@ class Trainer:
         if self.step >= self.total_steps and self.group.is_main:
             print(f"{self.run_dir} already finished at step {self.step}: nothing to train")
         try:
-            while self.step < self.total_steps:
-                epoch, position = divmod(self.step, self.batches.steps_per_epoch)
-                for positions in self.batches(epoch, position):
-                    if self.step >= self.total_steps:
-                        break
-                    values, indices = self.train_step(positions, feed.next(positions))
-                    self.step += 1
-                    record = {"step": self.step, "epoch": epoch, "lr": lr_at(cfg, epoch),
-                              "data_wait_ms": 1000 * feed.take_wait_seconds(), **_to_host(values)}
-                    diverged = _nonfinite(record, self.model_config.modalities, cfg.on_nonfinite)
-                    if diverged:
-                        if log is not None:
-                            log.write(json.dumps(record) + "\n")
-                        raise DivergenceError(self._divergence_message(diverged))
-                    recent.append(record)
-                    used.append({m: idx.unique() for m, idx in indices.items()})
-                    if log is not None:
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
-                        if self.tensorboard is not None:
-                            for key, value in record.items():
-                                self.tensorboard.add_scalar(key, value, self.step)
-                    progress.update(1)
-                    progress.set_postfix(self._postfix(record), refresh=False)
-                    # raises a failed background write; writes in the background when one is due
-                    self.checkpoints.after_step(self.step, self._checkpoint_state)
+            with stop_at_boundary("training") as stop:
+                while self.step < self.total_steps:
+                    epoch, position = divmod(self.step, self.batches.steps_per_epoch)
+                    for positions in self.batches(epoch, position):
+                        if self.step >= self.total_steps:
+                            break
+                        self.advance(positions, feed.next(positions))
+                        progress.update(1)  # the bar counts steps queued: it reads nothing from the device
+                        self._after_step(stop, feed, log, progress)
         finally:
             feed.close()
             progress.close()
@@ -369,21 +387,113 @@ class Trainer:
             finally:
                 self.close()
         elapsed = time.perf_counter() - started
-        return self._summary(recent, used, (self.step - first_step) / max(elapsed, 1e-9), elapsed)
+        return self._summary(self.step - first_step, elapsed)
+
+    def _after_step(self, stop: StopRequest, feed: Prefetcher, log, progress) -> None:
+        """At a log point, read the steps since the last one and check them; then, at a checkpoint
+        step or when a signal asked the run to stop, write a checkpoint (never of a non-finite state)."""
+        cfg = self.cfg
+        self.checkpoints.raise_failure()  # a failed background write stops the run at the next step
+        saving = self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps
+        # One process stops at the end of the step the signal arrived in; DDP ranks agree at a log
+        # point (the signal may reach them in different steps, and agreeing is a collective).
+        stop_now = stop.signum is not None and self.group.world_size == 1
+        if not (saving or stop_now or self.step % cfg.log_every == 0):
+            return
+        self._log_point(feed, log, progress)
+        signum = stop.signum if self.group.world_size == 1 else self._agreed_signal(stop.signum)
+        if self.step == self.total_steps:
+            signum = None  # the run is complete: it ends as it would have
+        if (saving or signum is not None) and self.checkpoints.enabled:
+            # snapshot now, write in the background (after the log point: never a non-finite state)
+            self.checkpoints.submit(self.step, *self._checkpoint_state())
+        if signum is not None:
+            self.checkpoints.close()  # the checkpoint it names is complete before the run says so
+            written = self.checkpoints.written
+            raise TrainingInterrupted(signum, self.step, written[-1] if written else None)
+
+    def _agreed_signal(self, signum: int | None) -> int | None:
+        """The signal one of the ranks received (all ranks call this at the same log points)."""
+        flag = torch.tensor([signum or 0], device=self.device, dtype=torch.long)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item()) or None
+
+    def _log_point(self, feed: Prefetcher, log, progress) -> LogPoint:
+        """Read the steps since the last log point (the one host sync in their span), write their
+        record and stop the run if a guarded value was not finite in any of them."""
+        point = self.step_log.read()
+        now = time.perf_counter()
+        seconds, self.window_started = now - self.window_started, now
+        waited = feed.take_wait_seconds()
+        self.data_wait += waited
+        epoch = (self.step - 1) // self.batches.steps_per_epoch
+        record = {"step": self.step, "epoch": epoch, "lr": lr_at(self.cfg, epoch), "steps": point.steps,
+                  **point.values, **self._speed(point.steps, seconds, waited)}
+        self.records.append(record)
+        if log is not None:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if self.tensorboard is not None:
+                for key, value in record.items():
+                    self.tensorboard.add_scalar(key, value, self.step)
+        if point.nonfinite:
+            raise DivergenceError(self._divergence_message(point))
+        progress.set_postfix(self._postfix(record), refresh=False)
+        return point
+
+    def _speed(self, steps: int, seconds: float, waited: float) -> dict[str, float]:
+        """Wall-clock rates of `steps` steps that took `seconds`, `waited` of them waiting for batches;
+        MFU on CUDA, against the card's peak for the run's precision (absent for an unknown card)."""
+        seconds = max(seconds, 1e-9)
+        speed = {"step_ms": 1000 * seconds / steps, "data_wait_ms": 1000 * waited / steps,
+                 "clips_per_second": steps * self.cfg.batch_size / seconds}
+        if self.peak_flops is not None:
+            speed["mfu"] = self.step_flops * steps / seconds / self.peak_flops
+        return speed
+
+    def _guarded(self, key: str) -> bool:
+        """Whether a non-finite `key` stops the run: the codebooks always (no step can undo them); the
+        loss and gradients unless their batches are skipped (--on-nonfinite skip)."""
+        if key.startswith("max_abs_codeword/"):
+            return True
+        return self.cfg.on_nonfinite == "stop" and (
+            key in ("loss", "dqa", "cpc") or key.startswith(("grad_norm/", "rec/", "commit/")))
+
+    def _count_step_flops(self) -> int:
+        """The dot-product FLOPs of one training step of this process (forward and backward, counted
+        once at start by codaar.runtime.flops on a fresh model with the run's shapes, so that the run's
+        own model, codebooks and random draws are untouched). Adam's elementwise work is not counted."""
+        model = CoDAARModel(self.model_config).to(self.device, self.dtype).train()
+        quantizer = model.quantizer  # a data-dependent init is once per run, not a step's work
+        quantizer.load_state_dict({**quantizer.state_dict(), "initialized": torch.ones_like(quantizer.initialized)})
+        batch = self._batch(self.batches(0)[0])
+        autocast = self.cfg.bf16 and self.device.type == "cuda"
+
+        def step() -> None:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+                out = model(batch, cpc_generator=torch.Generator().manual_seed(0))
+            out.loss.backward()
+
+        return count_flops(step)[0]
 
     def _logged_records(self) -> list[dict]:
-        """The steps a resumed run logged before this process started, so that its summary covers the
-        run's last epoch, not only the steps since the resume (none of them, for a finished run)."""
-        return read_metrics(self.metrics_path, last=self.batches.steps_per_epoch) if self.step > 0 else []
+        """The records a resumed run logged in its last epoch before this process started, so that its
+        summary covers that epoch, not only the steps since the resume (none of them, for a finished run)."""
+        if self.step == 0:
+            return []
+        return [r for r in read_metrics(self.metrics_path) if r["step"] > self.step - self.batches.steps_per_epoch]
 
-    def _divergence_message(self, diverged: list[str]) -> str:
+    def _divergence_message(self, point: LogPoint) -> str:
         try:
             last = ckpt.newest_verified(self.run_dir)[0]
             where = f"the last good checkpoint, {last}, is kept: continue from it with --resume (a lower --lr?)"
         except ckpt.CheckpointError:
             where = "no checkpoint was written before it"
-        return (f"step {self.step}: non-finite {', '.join(diverged)}; the run stopped without saving this state "
-                f"and {where}; --on-nonfinite skip would skip such batches instead")
+        names = [f"codebook of {k.partition('/')[2]}" if k.startswith("max_abs_codeword/") else k
+                 for k in point.nonfinite]
+        return (f"step {point.first_nonfinite_step}: non-finite {', '.join(names)} (found at the log point of step "
+                f"{self.step}); the run stopped without saving this state and {where}; --on-nonfinite skip would "
+                f"skip such batches instead")
 
     def _postfix(self, record: dict) -> dict:
         mods = self.model_config.modalities
@@ -393,21 +503,27 @@ class Trainer:
             postfix[f"agr_{a[0]}{b[0]}"] = f"{record[f'agreement/{a}-{b}']:.2f}"
         return postfix
 
-    def _summary(self, recent, used, steps_per_second: float, elapsed: float) -> dict:
+    def _summary(self, steps_run: int, elapsed: float) -> dict:
         model_cfg, mods = self.model_config, self.model_config.modalities
+        spe = self.batches.steps_per_epoch
+        recent = [r for r in self.records if r["step"] > self.step - spe]
+        covered = sum(r.get("steps", 1) for r in recent)
         # (records logged by an older version may lack a key)
-        mean = {key: float(np.mean([r[key] for r in recent if key in r])) for key in recent[-1]} if recent else {}
+        mean = ({key: epoch_mean(recent, key) for key in recent[-1] if key not in ("step", "steps")}
+                if recent else {})
+        steps_per_second = steps_run / max(elapsed, 1e-9)
         summary = {"steps": self.step, "steps_per_second": steps_per_second, "seconds": elapsed,
-                   "run_dir": str(self.run_dir), "last_epoch_mean": mean}
+                   "run_dir": str(self.run_dir), "last_epoch_mean": mean, "step_flops": self.step_flops,
+                   **self._speed(max(steps_run, 1), elapsed, self.data_wait)}
         # Codes used over the last epoch need its indices; a run resumed within it has only some of them,
         # and then the last step's logged window (codes used in the last `active_window` updates) stands in.
         window = self.model.quantizer.config.active_window
-        full_epoch = bool(used) and len(used) == min(self.batches.steps_per_epoch, self.step)
+        full_epoch = 0 < self.codes_seen.steps and self.codes_seen.steps >= min(spe, self.step)
         used_where = "last epoch" if full_epoch else f"last {window} steps"
         last = recent[-1] if recent else {}
+        used = self.codes_seen.counts() if full_epoch else {}
         for m in mods:
-            summary[f"codes_used/{m}"] = (int(torch.cat([u[m] for u in used]).unique().numel()) if full_epoch
-                                          else int(last.get(f"codes_recent/{m}", 0)))
+            summary[f"codes_used/{m}"] = used[m] if full_epoch else int(last.get(f"codes_recent/{m}", 0))
         summary["dead_codes_reset_last_epoch"] = int(sum(r.get("codes_reset", 0) for r in recent))
         for m in mods:  # codebook health at the last step
             for key in ("codes_recent", "codes_dead", "max_abs_codeword"):
@@ -417,13 +533,15 @@ class Trainer:
         summary["warnings"] = collapse_warnings(summary, mean, varied, mods, model_cfg.num_codes, used_where)
         if not self.group.is_main:
             return summary
-        lines = [f"\nCoDAAR pretraining: {self.step} steps ({self.step / self.batches.steps_per_epoch:.1f} epochs), "
+        lines = [f"\nCoDAAR pretraining: {self.step} steps ({self.step / spe:.1f} epochs), "
                  f"{'/'.join(mods)}, preset {model_cfg.preset}, codebook init {model_cfg.quantizer.codebook_init}, "
                  f"{self.dtype}, {self.group.world_size} process(es) on "
                  f"{self.device.type}, {elapsed:.0f} s ({steps_per_second:.2f} steps/s)",
-                 f"  loss {mean.get('loss', math.nan):.4f} (mean over the last {len(recent)} steps): " + ", ".join(
+                 f"  loss {mean.get('loss', math.nan):.4f} (mean over the last {covered} steps): " + ", ".join(
                      f"{k} {mean[k]:.4f}" for k in mean if k.startswith(("rec/", "commit/", "dqa", "cpc"))
                      and not k.startswith("cpc_acc"))]
+        if steps_run:
+            lines.append("  " + self._speed_line(summary))
         for m in mods:
             usage = f"codes used in the {used_where} {summary[f'codes_used/{m}']}/{model_cfg.num_codes}"
             if full_epoch:
@@ -435,9 +553,20 @@ class Trainer:
         lines.append(f"  dead codes reset in the last epoch: {summary['dead_codes_reset_last_epoch']}")
         lines += [f"  WARNING: {warning}" for warning in summary["warnings"]]
         lines.append(f"  checkpoint: {ckpt.resolve_checkpoint(self.run_dir)}")
-        lines.append(f"  metrics:    {self.metrics_path} (one JSON line per step)")
+        lines.append(f"  metrics:    {self.metrics_path} (one JSON line per log point, every {self.cfg.log_every} "
+                     f"steps)")
         print("\n".join(lines))
         return summary
+
+    def _speed_line(self, speed: dict) -> str:
+        """Step time, data wait, clips/s and MFU, as the end-of-run summary shows them."""
+        line = (f"step {speed['step_ms']:.1f} ms, of it waiting for data {speed['data_wait_ms']:.1f} ms, "
+                f"{speed['clips_per_second']:.1f} clips/s, {self.step_flops / 1e9:.3g} GFLOP per step")
+        if "mfu" in speed:
+            return line + f", MFU {speed['mfu']:.1%}"
+        if self.device.type != "cuda":
+            return line + f" (no MFU on {self.device.type})"
+        return line + f" (no MFU: no peak known for {torch.cuda.get_device_name(self.device)})"
 
 
 # A collapsed codebook (docs/findings.md §1: 6-12 of 800 codes until the first dead-code reset) against a
@@ -466,24 +595,8 @@ def collapse_warnings(summary: dict, mean: dict, varied, modalities, num_codes: 
     return warnings
 
 
-def _to_host(values: dict[str, torch.Tensor]) -> dict[str, float]:
-    """The step's scalars as numbers: one device-to-host copy, not one per value."""
-    stacked = torch.stack([v.detach().reshape(()).double() for v in values.values()])
-    return dict(zip(values, stacked.tolist()))
-
-
 def _all_finite(values: dict[str, torch.Tensor]) -> bool:
     return bool(torch.isfinite(torch.stack([v.detach().reshape(()).double() for v in values.values()])).all())
-
-
-def _nonfinite(record: dict[str, float], modalities, on_nonfinite: str) -> list[str]:
-    """What must stop the run: the codebooks always (no step can undo them); the loss and gradients
-    unless their batches are skipped."""
-    names = {f"max_abs_codeword/{m}": f"codebook of {m}" for m in modalities}
-    if on_nonfinite == "stop":
-        names.update({k: k for k in record
-                      if k in ("loss", "dqa", "cpc") or k.startswith(("grad_norm/", "rec/", "commit/"))})
-    return [name for key, name in names.items() if key in record and not math.isfinite(record[key])]
 
 
 def _logged_step(line: str) -> float:
