@@ -77,3 +77,26 @@ def test_perfect_and_clip_average():
 def test_shape_errors_name_the_shapes():
     with pytest.raises(ValueError, match=r"\[2, 3, 3\] and \[2, 3, 4\]"):
         mask_iou(torch.zeros(2, 3, 3), torch.zeros(2, 3, 4))
+
+
+def test_f_score_equals_the_authors_threshold_loop():
+    """utility.py's _eval_pr / Eval_Fmeasure written as they are, on random frames."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 9, 9, generator=generator) * 3
+    truth = (torch.rand(6, 9, 9, generator=generator) > 0.6).float()
+    truth[2] = 0  # skipped
+    pred = torch.sigmoid(logits.double())
+    levels = torch.linspace(0, 1 - 1e-10, 255).double()
+    total, frames = 0.0, 0
+    for i in range(6):
+        if torch.mean(truth[i]) == 0.0:
+            continue
+        prec, recall = torch.zeros(255, dtype=torch.float64), torch.zeros(255, dtype=torch.float64)
+        for k in range(255):
+            y_temp = (pred[i] >= levels[k]).double()
+            tp = (y_temp * truth[i]).sum()
+            prec[k], recall[k] = tp / (y_temp.sum() + 1e-20), tp / (truth[i].sum() + 1e-20)
+        f = 1.3 * prec * recall / (0.3 * prec + recall)
+        f[f != f] = 0
+        total, frames = total + f, frames + 1
+    assert f_score(logits, truth) == pytest.approx(float((total / frames).max()), abs=1e-9)

@@ -45,9 +45,9 @@ class AVSSyntheticConfig:
     num_test: int = 200
     image_size: int = 64
     distractors: int = 2  # objects of other classes beside the sounding one
-    min_radius: float = 0.1  # object size, as a share of the frame
-    max_radius: float = 0.15
-    drift: float = 0.01  # per-second movement (standard deviation), share of the frame
+    min_radius: float = 0.13  # object size, as a share of the frame
+    max_radius: float = 0.19
+    drift: float = 0.005  # per-second movement (standard deviation), share of the frame
     noise_std: float = 8.0  # pixel noise (of 255)
 
     def check(self) -> None:

@@ -47,9 +47,19 @@ def f_score(logits: torch.Tensor, truth: torch.Tensor, beta2: float = BETA2, thr
         return 0.0
     prob, truth = prob[keep], truth[keep]
     levels = torch.linspace(0, 1 - 1e-10, thresholds, dtype=torch.float32).to(torch.float64)
-    predicted = (prob[:, None, :] >= levels[None, :, None]).to(torch.float64)  # [n, thresholds, pixels]
-    tp = (predicted * truth[:, None, :]).sum(-1)
-    precision = tp / (predicted.sum(-1) + 1e-20)
+    # A pixel counts as predicted at every threshold <= its probability: the number of such thresholds is
+    # searchsorted(..., right=True), so per-threshold counts are reverse cumulative sums of a histogram
+    # (exactly the authors' `y_pred >= th` loop, without materialising [frames, thresholds, pixels]).
+    above = torch.searchsorted(levels, prob.contiguous(), right=True)  # [n, pixels] in 0..thresholds
+    rows = torch.arange(prob.shape[0])[:, None] * (thresholds + 1)
+    hist = torch.zeros(prob.shape[0] * (thresholds + 1), dtype=torch.float64)
+    predicted_hist = hist.index_add(0, (rows + above).flatten(), torch.ones(above.numel(), dtype=torch.float64))
+    tp_hist = hist.index_add(0, (rows + above).flatten(), truth.flatten())
+    def at_levels(h):  # counts with `above` > i, for threshold i
+        h = h.view(-1, thresholds + 1).flip(1).cumsum(1).flip(1)
+        return h[:, 1:]
+    predicted, tp = at_levels(predicted_hist), at_levels(tp_hist)
+    precision = tp / (predicted + 1e-20)
     recall = tp / (truth.sum(-1, keepdim=True) + 1e-20)
     score = (1 + beta2) * precision * recall / (beta2 * precision + recall)
     score = torch.nan_to_num(score, nan=0.0)
