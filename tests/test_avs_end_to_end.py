@@ -12,9 +12,9 @@ from codaar.data.avs_synthetic import AVSSyntheticConfig, write_avs_synthetic
 from codaar.evaluate import EvaluationError
 from codaar.evaluate.features import load_pretrained
 from codaar.evaluate.run import evaluate
+from codaar.evaluate.segmentation.backbones import build_backbone
 from codaar.evaluate.segmentation.segmenter import TPAVI, Segmenter
 from codaar.evaluate.segmentation.task import NO_QUERY, WRONG_CLASS, clip_queries
-from codaar.evaluate.segmentation.backbones import build_backbone
 from codaar.train import main as train_main
 
 TINY = ["--dim", "32", "--num-codes", "16", "--temporal-ffn-dim", "64", "--text-lstm-dim", "16",
