@@ -12,6 +12,7 @@ from codaar.data import DataFormatError, HashedTextFeaturizer
 from codaar.data.avsbench import load_avsbench, vggish_embedder
 from codaar.evaluate.errors import EvaluationError
 
+from .backbones import PUBLISHED, backbone
 from .task import AVSSettings, run_avs
 
 DEFAULT_IMAGE_SIZE = 224  # the authors' frames; the built-in set records its own
@@ -42,6 +43,11 @@ def _image_size(folder) -> int:
 def run_avs_folder(pretrained, eval_data, folder, overrides: dict | None, image_size: int | None,
                    vggish_weights: str | None, log=print):
     settings = replace(AVSSettings(), **{k: v for k, v in (overrides or {}).items() if v is not None})
+    if settings.backbone in PUBLISHED and settings.backbone_weights is None and not settings.random_backbone:
+        try:
+            backbone(settings.backbone)  # refuses, in one line, before any data is read
+        except ValueError as exc:
+            raise EvaluationError(str(exc)) from None
     try:
         embed = vggish_embedder(vggish_weights) if vggish_weights is not None else None
         data = load_avsbench(folder, image_size=image_size or _image_size(folder),

@@ -74,6 +74,11 @@ class Segmenter(nn.Module):
         return F.interpolate(logits, size=frames.shape[2:], mode="bilinear", align_corners=False)[:, 0]
 
 
-def bce_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """The authors' S4 loss (`F5_IoU_BCELoss`): binary cross-entropy of sigmoid(logits) and the masks."""
-    return F.binary_cross_entropy_with_logits(logits, masks)
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of sigmoid(logits) and the masks (the authors' S4 loss, `F5_IoU_BCELoss`) plus
+    1 - soft IoU per frame (codaar's: small objects, a few % of the frame, otherwise train to an empty mask
+    first; AVSBench's objects are large)."""
+    prob = torch.sigmoid(logits)
+    inter = (prob * masks).sum((-2, -1))
+    union = (prob + masks - prob * masks).sum((-2, -1))
+    return F.binary_cross_entropy_with_logits(logits, masks) + (1 - (inter + 1) / (union + 1)).mean()

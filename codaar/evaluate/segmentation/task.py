@@ -5,7 +5,7 @@ of one modality: audio, its five seconds of VGGish features (one row per frame);
 prompt (the prompt's token rows pooled over time to one row per frame: adaptive average pooling,
 a fixed stand-in for the authors' Linear(10 -> 5) that never trains). A segmenter
 (`segmenter.Segmenter`) trains on the frames with masks (train split: the first frame) under the
-queries of one modality, with BCE, Adam; the epoch with the best validation mIoU under the *same*
+queries of one modality, with BCE + soft IoU, Adam; the epoch with the best validation mIoU under the *same*
 modality's queries is kept (the target modality is never seen); it is then scored on the test split
 (all five masks) with the queries of every modality: A->T and T->A (Table 4), the same-modality
 references T->T and A->A, a wrong-class reference (the text query of another class, drawn per clip),
@@ -27,7 +27,7 @@ from codaar.evaluate.errors import EvaluationError
 
 from .backbones import backbone as make_backbone
 from .metrics import clip_scores
-from .segmenter import Segmenter, bce_loss
+from .segmenter import Segmenter, segmentation_loss
 
 QUERIES = ("text", "audio")
 NO_QUERY = "none"
@@ -134,7 +134,8 @@ def train_segmenter(data: AVSData, query: torch.Tensor, settings: AVSSettings, l
             clips = train[batch[:, 0]]
             frames = _frames(data, clips)[torch.arange(len(batch)), torch.from_numpy(batch[:, 1])]
             masks = torch.from_numpy(data.masks(clips)[0][np.arange(len(batch)), batch[:, 1]])
-            loss = bce_loss(segmenter(frames, query[torch.from_numpy(clips), torch.from_numpy(batch[:, 1])]), masks)
+            logits = segmenter(frames, query[torch.from_numpy(clips), torch.from_numpy(batch[:, 1])])
+            loss = segmentation_loss(logits, masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
