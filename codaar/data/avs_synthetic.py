@@ -40,10 +40,10 @@ SHAPES = ("disk", "square", "triangle", "ring", "cross")
 @dataclass(frozen=True)
 class AVSSyntheticConfig:
     seed: int = 0
-    num_train: int = 400
-    num_val: int = 100
-    num_test: int = 200
-    image_size: int = 64
+    num_train: int = 300
+    num_val: int = 50
+    num_test: int = 100
+    image_size: int = 32  # CPU-sized; the authors' frames are 224
     distractors: int = 2  # objects of other classes beside the sounding one
     min_radius: float = 0.13  # object size, as a share of the frame
     max_radius: float = 0.19

@@ -37,9 +37,9 @@ SHORT = {"text": "T", "audio": "A", NO_QUERY: "no query", WRONG_CLASS: "T (wrong
 
 @dataclass(frozen=True)
 class AVSSettings:
-    lr: float = 1e-3
+    lr: float = 3e-3
     batch_size: int = 16
-    epochs: int = 12
+    epochs: int = 16
     backbone: str = "tiny"
     backbone_weights: str | None = None
     random_backbone: bool = False
