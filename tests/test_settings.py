@@ -138,7 +138,8 @@ BAD_SETTINGS = [  # (program, arguments, the one line on stderr)
     ("evaluate", ["run", "--protocol", "paper"], "python -m codaar.evaluate: error: setting 'protocol': expected "
                                                  "one of clean, official, both, found 'paper'"),
     ("evaluate", ["run", "--tasks", "ave,segmentation"], "setting 'tasks': expected a comma-separated list, each "
-                                                         "one of ave, avvp, retrieval, avs, found ('ave', 'segmentation')"),
+                                                         "one of ave, avvp, retrieval, avs, found ('ave', "
+                                                         "'segmentation')"),
     ("evaluate baselines", ["--head-lr", "0"], "python -m codaar.evaluate baselines: error: setting 'head_lr': "
                                                "expected a finite number > 0, found 0.0"),
     ("ablate", ["--seeds", "1,a"], "python -m codaar.ablate: error: argument --seeds: setting 'seeds': expected a "
