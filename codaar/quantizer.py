@@ -39,6 +39,9 @@ _INIT_STREAM = 0x5EED1717  # the data-dependent init's generator: (reset_seed, t
 # A warning names the size of what a call (or the state) is about to allocate above this many bytes.
 LARGE_ALLOCATION_BYTES = 2 << 30
 _EMA_STATISTICS = ("ema_sum", "ema_count")
+# buffers newer than the first checkpoints: absent from an older state dict, they load as defaults
+# (see `_load_from_state_dict`)
+DEFAULTED_BUFFERS = ("last_used", "initialized", "modality_order")
 
 
 def _encode_names(names: tuple[str, ...]) -> torch.Tensor:

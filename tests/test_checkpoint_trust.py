@@ -227,6 +227,19 @@ def test_a_tensor_of_another_shape_or_name_is_refused(run, tmp_path, capsys):
     every_reader_refuses(run, tmp_path, capsys, "tensor 'quantizer.codebook': expected shape", file_level=False)
 
 
+def test_only_the_buffers_newer_than_old_checkpoints_may_be_absent(run, tmp_path, capsys):
+    """A checkpoint written before the quantizer kept its modality order, usage and init flag loads
+    with their defaults (and resumes); one without a tensor that was always saved is refused."""
+    trained_order = load_pretrained(run).model.quantizer.modality_order.clone()
+    old = run.with_name("before-the-buffers")
+    shutil.copytree(run, old)
+    resave(old, lambda t: [t.pop(f"model/quantizer.{name}") for name in ("modality_order", "last_used")])
+    assert torch.equal(load_pretrained(old).model.quantizer.modality_order, trained_order)
+    train_main(TINY + ["--out", str(old), "--resume", "--max-steps", "3"])
+    resave(run, lambda t: t.pop("model/quantizer.ema_count"))
+    every_reader_refuses(run, tmp_path, capsys, "missing ['quantizer.ema_count']", file_level=False)
+
+
 def test_a_float64_run_loads_in_its_own_precision(tmp_path):
     run = tmp_path / "f64"
     train_main(TINY + ["--max-steps", "1", "--float64", "--out", str(run)])

@@ -138,7 +138,8 @@ BAD_SETTINGS = [  # (program, arguments, the one line on stderr)
     ("evaluate", ["run", "--protocol", "paper"], "python -m codaar.evaluate: error: setting 'protocol': expected "
                                                  "one of clean, official, both, found 'paper'"),
     ("evaluate", ["run", "--tasks", "ave,segmentation"], "setting 'tasks': expected a comma-separated list, each "
-                                                         "one of ave, avvp, retrieval, found ('ave', 'segmentation')"),
+                                                         "one of ave, avvp, retrieval, avs, found ('ave', "
+                                                         "'segmentation')"),
     ("evaluate baselines", ["--head-lr", "0"], "python -m codaar.evaluate baselines: error: setting 'head_lr': "
                                                "expected a finite number > 0, found 0.0"),
     ("ablate", ["--seeds", "1,a"], "python -m codaar.ablate: error: argument --seeds: setting 'seeds': expected a "
@@ -150,7 +151,7 @@ BAD_SETTINGS = [  # (program, arguments, the one line on stderr)
     ("encode", ["run"], "python -m codaar.encode: error: setting 'out': expected a string, found no value (it is "
                         "required)"),
     ("data synth", ["synth", "out", "--preset", "nope"], "python -m codaar.data: error: setting 'preset': expected "
-                                                         "one of avvp, default, hard, paper, found 'nope'"),
+                                                         "one of avvp, default, hard, paper, avs, found 'nope'"),
     ("data synth", ["synth", "out", "--num-val", "-1"], "setting 'num_val': expected an integer >= 0, found -1"),
     ("data import-official", ["import-official", "out", "--meta", "m.csv"], "python -m codaar.data: error: setting "
                                                                            "'audio_dir': expected a string, found no "

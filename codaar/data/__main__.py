@@ -25,7 +25,7 @@ from codaar.settings import (
 from .errors import DataFormatError
 from .extract import cli as extract_cli
 from .extract.settings import TEXT_FEATURIZERS
-from .flags import SyntheticSettings
+from .flags import AVS_PRESET, SyntheticSettings
 from .format import load_dataset, read_manifest
 from .splits import ALLOW_FLAG, HELD_APART, split_problems
 from .synthetic import write_synthetic
@@ -166,7 +166,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         command = settings_from_args(COMMANDS[args.command], args)  # a bad setting stops here (a ValueError)
-        if args.command == "synth":
+        if args.command == "synth" and command.synthetic.preset == AVS_PRESET:
+            from .avs_synthetic import write_avs_synthetic
+
+            avs = write_avs_synthetic(args.out, command.synthetic.avs_config(), overwrite=command.overwrite,
+                                      progress=command.progress)
+            print(f"wrote {args.out}\n{avs.summary()}")
+        elif args.command == "synth":
             data = write_synthetic(args.out, command.synthetic.config(), overwrite=command.overwrite,
                                    progress=command.progress)
             print(f"wrote {args.out}\n{data.summary()}")

@@ -8,6 +8,8 @@ from codaar.settings import setting, settings
 
 from .synthetic import PRESETS, SyntheticConfig, synthetic_config
 
+AVS_PRESET = "avs"  # the segmentation set: its own layout and writer (codaar.data.avs_synthetic)
+
 
 @settings
 class SyntheticSettings:
@@ -15,7 +17,10 @@ class SyntheticSettings:
                           "shapes (video 7x7x512, text 10x768, ~3 GB); avvp: two events per clip, some "
                           "single-modality, per-modality labels; hard: the default's sizes with held-out test "
                           "factors (speakers, backgrounds, caption templates), misaligned and single-modality "
-                          "events, misleading backgrounds and per-clip captions", choices=tuple(sorted(PRESETS)))
+                          "events, misleading backgrounds and per-clip captions; avs: the AVSBench-S4-like "
+                          "segmentation set (frames, masks, the default preset's audio and prompts; "
+                          "codaar.data.avs_synthetic), for "
+                          "python -m codaar.data synth only", choices=(*sorted(PRESETS), AVS_PRESET))
     seed: int = setting(0, "generator seed", at_least=0)
     num_classes: int | None = setting(None, "event classes (none: the preset's, 10)", at_least=2)
     num_pretrain: int | None = setting(None, "unlabeled pretraining clips (none: the preset's)", at_least=0)
@@ -33,4 +38,21 @@ class SyntheticSettings:
     def config(self) -> SyntheticConfig:
         """The built-in data set's config: the preset's, with the seed and the sizes given here."""
         values = self.flat()
+        if values["preset"] == AVS_PRESET:
+            raise ValueError(f"preset {AVS_PRESET!r}: the segmentation set is written by python -m codaar.data synth "
+                             "only (a tri-modal preset is needed here)")
         return synthetic_config(values.pop("preset"), **values)
+
+    def avs_config(self):
+        """The segmentation set's config (preset avs): the seed and the split sizes given here; the other
+        sizes are the default preset's, whose audio and prompts it shares."""
+        from .avs_synthetic import AVSSyntheticConfig
+
+        values = self.flat()
+        fixed = [name for name in ("num_classes", "num_pretrain", "audio_dim", "video_shape", "text_dim",
+                                   "text_tokens", "noise_std") if values[name] is not None]
+        if fixed:
+            raise ValueError(f"preset {AVS_PRESET!r}: --{fixed[0].replace('_', '-')}: expected none (the avs set "
+                             "takes the default preset's sizes; only --seed, --num-train, --num-val, --num-test)")
+        sizes = {k: values[k] for k in ("num_train", "num_val", "num_test") if values[k] is not None}
+        return AVSSyntheticConfig(seed=values["seed"], **sizes)

@@ -36,7 +36,9 @@ from codaar.evaluate.baselines import BaselineSettings, markdown, run_baselines
 from codaar.evaluate.curve import transfer_curve
 from codaar.evaluate.errors import EvaluationError
 from codaar.evaluate.protocols import AVE_DEFAULTS, AVVP_DEFAULTS, PROTOCOLS
-from codaar.evaluate.run import TASKS, evaluate
+from codaar.evaluate.run import ALL_TASKS, TASKS, evaluate
+from codaar.evaluate.segmentation.backbones import BACKBONES
+from codaar.evaluate.segmentation.task import AVSSettings
 from codaar.runtime.interrupts import Interrupted, interrupted_line, interruptible
 from codaar.runtime.outputs import OutputError, check_output, os_error_line
 from codaar.runtime.publish import replace_files
@@ -59,7 +61,8 @@ class EvaluateCommand:
                                          "splits list a clip twice (refused otherwise)")
     protocol: str = setting("clean", "clean, official (the authors' scripts as coded) or both (see "
                             "codaar/evaluate/protocols.py)", choices=(*PROTOCOLS, "both"))
-    tasks: tuple[str, ...] = setting(TASKS, "the protocols to run", choices=TASKS)
+    tasks: tuple[str, ...] = setting(TASKS, "the protocols to run (avs: AVSBench-S4 segmentation, with --avs-data)",
+                                     choices=ALL_TASKS)
     head_input: str = setting("row", "row: full codebook row at the modality's own index (authors); code: own "
                               "codeword (clean only)", choices=("row", "code"))
     ave_lr: float = setting(AVE_DEFAULTS.lr, "learning rate of the AVE head", above=0)
@@ -74,6 +77,20 @@ class EvaluateCommand:
     transfer_seed: int | None = setting(None, "seed of the built-in data set B (none: 0)", at_least=0)
     class_map: str | None = setting(None, "JSON or CSV: class name in the training data -> class name in data set B",
                                     metavar="FILE")
+    avs_data: str | None = setting(None, "AVSBench-S4 folder for --tasks avs (python -m codaar.data synth DIR "
+                                   "--preset avs writes the built-in one)", metavar="DIR")
+    avs_backbone: str = setting(AVSSettings.backbone, "segmenter backbone (tiny: random init, for the built-in set; "
+                                "resnet50, pvt_v2_b5: published weights from --backbone-weights)", choices=BACKBONES)
+    backbone_weights: str | None = setting(None, "the backbone's published weights (.pth read with "
+                                           "weights_only=True, or .safetensors)", metavar="FILE")
+    random_backbone: bool = setting(False, "let resnet50 / pvt_v2_b5 start from random weights (tests only)")
+    avs_lr: float = setting(AVSSettings.lr, "learning rate of the segmenter (Adam)", above=0)
+    avs_batch_size: int = setting(AVSSettings.batch_size, "frames per segmenter batch", at_least=1)
+    avs_epochs: int = setting(AVSSettings.epochs, "segmenter epochs", at_least=1)
+    avs_image_size: int | None = setting(None, "frame size the segmenter reads (none: the built-in set's, else 224)",
+                                         at_least=16)
+    vggish_weights: str | None = setting(None, "VGGish weights for AVSBench log-mel audio (audio_log_mel/)",
+                                         metavar="FILE")
     out: str | None = setting(None, "output folder (none: <run folder>/eval)", metavar="DIR")
     plots: bool = setting(True, "write the PNG plots")
     name: str | None = setting(None, "row label in the tables (none: the run folder's name)")
@@ -141,15 +158,20 @@ def run_cli(checkpoint: str, command: EvaluateCommand, protocols: tuple[str, ...
     avvp = {"lr": command.avvp_lr, "batch_size": command.avvp_batch_size, "epochs": command.avvp_epochs}
     if command.curve:
         return transfer_curve(checkpoint, every=command.curve_every,
-                              tasks=tuple(t for t in command.tasks if t != "retrieval"), ave=ave, avvp=avvp,
-                              out=out, plots=command.plots, log=lambda s: print(s, file=sys.stderr),
+                              tasks=tuple(t for t in command.tasks if t not in ("retrieval", "avs")), ave=ave,
+                              avvp=avvp, out=out, plots=command.plots, log=lambda s: print(s, file=sys.stderr),
                               allow_split_problems=command.allow_split_problems)
     return evaluate(
         checkpoint, data=command.data, data_preset=command.data_preset, data_seed=command.data_seed,
         protocols=protocols, tasks=command.tasks, head_input=command.head_input, ave=ave, avvp=avvp,
         transfer_data=command.transfer_data, transfer_preset=command.transfer_preset,
         transfer_seed=command.transfer_seed, class_map=command.class_map, out=out, plots=command.plots,
-        name=command.name, log=lambda s: print(s, file=sys.stderr), allow_split_problems=command.allow_split_problems)
+        name=command.name, log=lambda s: print(s, file=sys.stderr), allow_split_problems=command.allow_split_problems,
+        avs_data=command.avs_data,
+        avs={"lr": command.avs_lr, "batch_size": command.avs_batch_size, "epochs": command.avs_epochs,
+             "backbone": command.avs_backbone, "backbone_weights": command.backbone_weights,
+             "random_backbone": command.random_backbone},
+        avs_image_size=command.avs_image_size, vggish_weights=command.vggish_weights)
 
 
 def build_baselines_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,8 @@ from codaar.pretrained import Pretrained, PretrainedDataError, data_provenance, 
 from codaar.runtime.outputs import check_output
 from codaar.runtime.publish import staged_files
 
-TASKS = ("ave", "avvp", "retrieval")
+TASKS = ("ave", "avvp", "retrieval")  # the default; "avs" runs when asked (it needs --avs-data)
+ALL_TASKS = (*TASKS, "avs")
 
 
 # ------------------------------------------------------------------------------ class mapping
@@ -119,7 +120,8 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
              avvp: dict | None = None, transfer_data: str | None = None, transfer_preset: str | None = None,
              transfer_seed: int | None = None, class_map: str | None = None, directions=None,
              out: str | Path | None = None, plots: bool = True, name: str | None = None, log=print,
-             eval_data: TriModalData | None = None, allow_split_problems: bool = False) -> dict:
+             eval_data: TriModalData | None = None, allow_split_problems: bool = False, avs_data: str | None = None,
+             avs: dict | None = None, avs_image_size: int | None = None, vggish_weights: str | None = None) -> dict:
     """Run the protocols on one checkpoint; write tables (and plots) to `out` when given.
 
     Returns {"checkpoint", "modalities", "<protocol>": {"ave": {src: {tgt: {...}}, "_info": ...},
@@ -127,7 +129,9 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
     pretraining data (`codaar.pretrained.data_provenance`; the tables say so when it does), ...}.
     `ave` / `avvp`: HeadSettings overrides (lr, batch_size, epochs).
     `eval_data`: a data set already loaded (several checkpoints of one run) instead of data/data_preset.
-    Splits that share clips or list one twice are refused unless `allow_split_problems`."""
+    Splits that share clips or list one twice are refused unless `allow_split_problems`.
+    `avs_data`: the AVSBench-S4 folder of the "avs" task; `avs`: its AVSSettings overrides; `vggish_weights`:
+    VGGish for log-mel audio there."""
     pretrained = load_pretrained(checkpoint)
     if eval_data is not None:
         check_compatible(pretrained, eval_data)
@@ -138,14 +142,20 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
         label_map, keep = label_mapping(data_a, data_b, load_class_map(class_map) if class_map else None)
     elif class_map is not None:
         raise EvaluationError("--class-map needs --transfer-data or --transfer-preset (the data set to test on)")
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in ALL_TASKS]
     if unknown:
-        raise EvaluationError(f"--tasks: expected names from {TASKS}, found {unknown}")
+        raise EvaluationError(f"--tasks: expected names from {ALL_TASKS}, found {unknown}")
+    if "avs" in tasks and avs_data is None:
+        raise EvaluationError("--tasks avs: expected --avs-data DIR (an AVSBench-S4 folder; python -m codaar.data "
+                              "synth DIR --preset avs writes the built-in one), found none")
     for checked in ([data_a] if data_b is data_a else [data_a, data_b]) if not allow_split_problems else ():
         if problem := split_check.refusal(checked, "evaluation"):
             raise EvaluationError(problem)
     if out is not None:
-        check_output(out, {**read_paths(pretrained, data_a, data_b), "--class-map": class_map})
+        check_output(out, {**read_paths(pretrained, data_a, data_b), "--class-map": class_map,
+                           "--avs-data": avs_data if "avs" in tasks else None,
+                           "--vggish-weights": vggish_weights if "avs" in tasks else None,
+                           "--backbone-weights": (avs or {}).get("backbone_weights") if "avs" in tasks else None})
     mods = pretrained.modalities
     pairs = directions or tables.directions(mods)
     ave_settings = with_settings(AVE_DEFAULTS, **(ave or {}))
@@ -177,6 +187,12 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
                     f"->{t} {v['precision']:.1f}" for t, v in r.items()) + f" ({time.perf_counter() - started:.1f} s)")
         if "retrieval" in tasks and protocol == protocols[0]:  # no head: the same under both protocols
             result["retrieval"] = run_retrieval(task, pairs)
+    avs_pictures = None
+    if "avs" in tasks:  # its own protocol (the clean one's rules), once
+        from codaar.evaluate.segmentation.run import run_avs_folder
+
+        result["avs"], avs_pictures = run_avs_folder(pretrained, data_a, avs_data, avs, avs_image_size,
+                                                     vggish_weights, log)
     if out is not None:
         with staged_files(out) as staging:  # out gets every file or none, even when interrupted
             write_report(result, staging, protocols)
@@ -184,6 +200,10 @@ def evaluate(checkpoint, data: str | None = None, data_preset: str | None = None
                 from codaar.evaluate import plots as plotting
 
                 plotting.plot_all(pretrained, data_a, staging)
+                if avs_pictures is not None:
+                    from codaar.evaluate.segmentation.plots import plot_masks
+
+                    plot_masks(avs_pictures, staging / "avs_masks.png")
     return result
 
 
@@ -217,6 +237,8 @@ def write_report(result: dict, out: Path, protocols) -> str:
     data_notes = [note] if "data" in result and (note := provenance_note(result["data"])) else []
     parts = []
     for protocol in protocols:
+        if not any(task in result[protocol] for task in ("ave", "avvp")):
+            continue
         header, values = tables.transfer_row(result[protocol], mods)
         notes = ["'X->Y': head trained on X, scored on Y. AVE: the authors' batch-wise macro precision (%); "
                  "AVVP: precision at 0.5 over all segment x class cells (%) (the paper's 'segment-level accuracy').",
@@ -246,6 +268,10 @@ def write_report(result: dict, out: Path, protocols) -> str:
         header, cells = tables.retrieval_row(result["retrieval"])
         parts.append(tables.markdown("Table 3 layout -- zero-shot retrieval, Recall@1/5/10 (%)", ["method"] + header,
                                      [[result["name"]] + cells], [RETRIEVAL_DOC, *data_notes]))
+    if "avs" in result:
+        from codaar.evaluate.segmentation.report import markdown as avs_markdown
+
+        parts.append(avs_markdown(result["avs"], result["name"]))
     text = "\n".join(parts)
     tables.write(out, "tables", text, result)
     return text

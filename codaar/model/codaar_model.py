@@ -27,7 +27,7 @@ from codaar.model.encoders import (
     TemporalModule,
     TextTokenLSTM,
 )
-from codaar.quantizer import CrossModalQuantizer, LookupOutput
+from codaar.quantizer import DEFAULTED_BUFFERS, CrossModalQuantizer, LookupOutput
 from codaar.run_folder import checkpoint as ckpt
 from codaar.run_folder.checkpoint import CheckpointError
 from codaar.runtime.profiling import nvtx_range
@@ -112,6 +112,11 @@ class CoDAARModel(nn.Module):
         return VectorDecoder(code_dim, self._input_dim(modality), cfg.dim, cfg.projection_dim)
 
     # ------------------------------------------------------------------------------- forward
+    def defaulted_state_keys(self) -> tuple[str, ...]:
+        """State-dict names an older checkpoint may lack: the quantizer's newer buffers, which load
+        as defaults (`CrossModalQuantizer._load_from_state_dict`)."""
+        return tuple(f"quantizer.{name}" for name in DEFAULTED_BUFFERS)
+
     @property
     def modalities(self) -> tuple[str, ...]:
         return self.config.modalities
@@ -219,7 +224,8 @@ class CoDAARModel(nn.Module):
             model = cls(config).to(ckpt.model_dtype(meta))
         except (ValueError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"{folder / ckpt.META}: field 'model_config' describes no model ({exc})") from None
-        ckpt.check_tensors(weights, model.state_dict(), folder / ckpt.TENSORS)  # refused, never converted
+        ckpt.check_tensors(weights, model.state_dict(), folder / ckpt.TENSORS,  # refused, never converted
+                           model.defaulted_state_keys())
         try:
             model.load_state_dict(weights)
         except (ValueError, TypeError, RuntimeError) as exc:

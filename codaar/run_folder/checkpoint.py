@@ -35,7 +35,7 @@ import shutil
 import stat
 import struct
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -448,17 +448,21 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
-def check_tensors(found: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], where: Path | str) -> None:
+def check_tensors(found: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], where: Path | str,
+                  defaulted: Iterable[str] = ()) -> None:
     """Refuse a checkpoint's tensors unless they are exactly the names, shapes and dtypes of
     `expected` (a state_dict of the model its settings describe): `load_state_dict` would convert a
-    tensor of another dtype silently."""
-    missing = [k for k in expected if k not in found]
+    tensor of another dtype silently. Names in `defaulted` may be absent (buffers that checkpoints
+    older than them lack, which the model loads as defaults), never of another shape or dtype."""
+    optional = set(defaulted)
+    missing = [k for k in expected if k not in found and k not in optional]
     unexpected = [k for k in found if k not in expected]
     if missing or unexpected:
         raise CheckpointError(f"{where}: the tensors do not fit the model of meta.json 'model_config' (missing "
                               f"{missing[:5]}, unexpected {unexpected[:5]})")
     for name, want in expected.items():
-        _check_one(where, name, found[name], tuple(want.shape), want.dtype)
+        if name in found:
+            _check_one(where, name, found[name], tuple(want.shape), want.dtype)
 
 
 def _check_one(where, name: str, tensor: torch.Tensor, shape: tuple, dtype: torch.dtype | None,

@@ -226,7 +226,8 @@ class Trainer:
         tensors, meta = ckpt.load_checkpoint(folder)
         self._check_resume(meta, folder)
         weights = ckpt.prefixed(tensors, "model")
-        ckpt.check_tensors(weights, self.model.state_dict(), folder / ckpt.TENSORS)  # refused, never converted
+        ckpt.check_tensors(weights, self.model.state_dict(), folder / ckpt.TENSORS,  # refused, never converted
+                           self.model.defaulted_state_keys())
         self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"], self.optimizer,
                                                                 folder / ckpt.TENSORS))
