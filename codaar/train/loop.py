@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from codaar.data import TriModalData, build_synthetic, load_dataset, synthetic_config
 from codaar.data.batches import BatchGather, Prefetcher, default_workers, to_device
-from codaar.model import CoDAARModel, ModelConfig
+from codaar.model import CoDAARModel, CompileError, ModelConfig, accelerate
 from codaar.run_folder import checkpoint as ckpt
 from codaar.run_folder.metrics_log import METRICS_FILE, read_metrics
 from codaar.runtime import distributed
@@ -136,6 +136,10 @@ class Trainer:
         self.model_config = resolve_model_config(cfg, self.data)
         torch.manual_seed(cfg.seed)  # the same initial weights and codebooks on every rank
         self.model = CoDAARModel(self.model_config).to(self.device, self.dtype)
+        try:
+            accelerate(self.model, compile=cfg.compile, channels_last=cfg.bf16 and self.device.type == "cuda")
+        except CompileError as exc:
+            raise TrainingError(str(exc)) from None
         self.ddp = (DistributedDataParallel(self.model, broadcast_buffers=False)  # codebooks sync by all-reduce
                     if group.world_size > 1 else None)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
