@@ -55,7 +55,7 @@ def tiny_batch(model: CoDAARModel, seed: int = 0) -> dict[str, torch.Tensor]:
 
 @pytest.fixture
 def aot_eager(monkeypatch):
-    monkeypatch.setattr(compiled, "backend", "aot_eager")
+    monkeypatch.setenv(compiled.BACKEND_VARIABLE, "aot_eager")
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
@@ -168,6 +168,7 @@ def test_a_platform_that_cannot_compile_is_one_line(tmp_path, capsys, monkeypatc
 
     from codaar.train import main
 
+    monkeypatch.delenv(compiled.BACKEND_VARIABLE, raising=False)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor-cache"))
     monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))

@@ -24,6 +24,7 @@ transform per call. The trainer applies it under `--bf16` on CUDA.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 
 import torch
@@ -36,9 +37,14 @@ REGIONS = ("_run_encoders", "_run_cpc", "_run_decoders")  # CoDAARModel's method
 # Dynamo wraps no nn.LSTM by default (a graph break); the BiLSTM and CPC's LSTM trace to plain
 # per-step operations with it.
 DYNAMO_SETTINGS = {"allow_rnn": True}
-# torch.compile's backend. The tests trace real steps with "aot_eager" (Dynamo and AOTAutograd, the
-# graphs and guards of Inductor's, without its code generation, which takes minutes on a CI CPU).
-backend = "inductor"
+# torch.compile's backend: CODAAR_COMPILE_BACKEND, else Inductor. The tests and `gpu_run.sh --dry-run`
+# trace real steps with "aot_eager" (Dynamo and AOTAutograd: Inductor's graphs, guards and
+# decompositions, without its code generation, which takes minutes on a CI CPU).
+BACKEND_VARIABLE = "CODAAR_COMPILE_BACKEND"
+
+
+def compile_backend() -> str:
+    return os.environ.get(BACKEND_VARIABLE) or "inductor"
 
 
 class CompileError(RuntimeError):
@@ -63,7 +69,7 @@ def compile_regions(model: CoDAARModel) -> None:
         return
     check_compilable(model.quantizer.codebook.device)
     for name in REGIONS:
-        setattr(model, name, _traced(torch.compile(getattr(model, name), backend=backend)))
+        setattr(model, name, _traced(torch.compile(getattr(model, name), backend=compile_backend())))
 
 
 def _traced(region: Callable) -> Callable:
@@ -89,7 +95,7 @@ def check_compilable(device: torch.device) -> None:
     except RuntimeError as exc:
         raise CompileError(f"--compile: {exc}") from None
     try:
-        probe = torch.compile(_probe, backend=backend, fullgraph=True, dynamic=False)
+        probe = torch.compile(_probe, backend=compile_backend(), fullgraph=True, dynamic=False)
         probe(torch.ones(4, device=device))
     except Exception as exc:  # whatever the backend raises: reported as one line, not a traceback
         raise CompileError(f"--compile: torch.compile cannot compile for {device.type} on this machine "
