@@ -1,5 +1,5 @@
 """`--compile` and `--bf16`'s memory layout: what the trainer does to its model once, before training
-(docs/design.md §9).
+(docs/design.md §9.1, §9.2).
 
 `compile_regions` puts the model's three regions through torch.compile: the encoders (with the text
 BiLSTM), CPC and the decoders (with their reconstruction losses). The quantizer between them stays
