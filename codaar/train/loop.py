@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from codaar.data import TriModalData, build_synthetic, load_dataset, synthetic_config
 from codaar.data.batches import BatchGather, Prefetcher, default_workers, to_device
-from codaar.model import CoDAARModel, CompileError, ModelConfig, accelerate
+from codaar.model import CoDAARModel, ModelConfig
+from codaar.model.compiled import CompileError, accelerate
 from codaar.run_folder import checkpoint as ckpt
 from codaar.run_folder.metrics_log import METRICS_FILE, read_metrics
 from codaar.runtime import distributed
