@@ -1,6 +1,7 @@
 """The CoDAAR network: encoders, decoders, CPC, and the model that ties them to the quantizer."""
 
 from codaar.model.codaar_model import CoDAARModel, ModelOutput
+from codaar.model.compiled import CompileError, accelerate
 from codaar.model.config import ModelConfig
 from codaar.model.cpc import CPCOutput, CrossModalCPC, cpc_loss, cpc_pairs
 from codaar.model.decoders import (
@@ -25,6 +26,7 @@ __all__ = [
     "ChannelGatedVideoFeatures",
     "CoDAARModel",
     "CodeProjection",
+    "CompileError",
     "CrossModalCPC",
     "LinearReLUProjection",
     "ModalityEncoder",
@@ -37,6 +39,7 @@ __all__ = [
     "TemporalModule",
     "TextTokenLSTM",
     "VectorDecoder",
+    "accelerate",
     "cpc_loss",
     "cpc_pairs",
     "reconstruction_loss",

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from codaar.model.config import ModelConfig, saved_model_config
-from codaar.model.cpc import CrossModalCPC
+from codaar.model.cpc import CPCOutput, CrossModalCPC
 from codaar.model.decoders import SpatialVideoDecoder, VectorDecoder, reconstruction_loss
 from codaar.model.encoders import (
     ChannelGatedVideoFeatures,
@@ -27,7 +27,7 @@ from codaar.model.encoders import (
     TemporalModule,
     TextTokenLSTM,
 )
-from codaar.quantizer import DEFAULTED_BUFFERS, CrossModalQuantizer, LookupOutput
+from codaar.quantizer import DEFAULTED_BUFFERS, CrossModalQuantizer, LookupOutput, QuantizerOutput
 from codaar.run_folder import checkpoint as ckpt
 from codaar.run_folder.checkpoint import CheckpointError
 from codaar.runtime.profiling import nvtx_range
@@ -140,6 +140,42 @@ class CoDAARModel(nn.Module):
                              f"got {text_mask.dtype} {list(text_mask.shape)}")
         return {"text": text_mask}
 
+    # The three regions `--compile` compiles (codaar/model/compiled.py); the quantizer between them
+    # stays eager (docs/design.md §9.1).
+    def _run_encoders(self, inputs: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(reconstruction targets, latents z [B, T, D], projections P_m) of every modality."""
+        targets = {m: self._features(m, inputs[m], masks.get(m)) for m in self.modalities}
+        latents, projections = {}, {}
+        for m in self.modalities:
+            latents[m], projections[m] = self._encode(m, targets[m], masks.get(m))
+        return targets, latents, projections
+
+    def _run_cpc(self, latents: Mapping[str, torch.Tensor], t_star: int | torch.Tensor,
+                 masks: Mapping[str, torch.Tensor]) -> CPCOutput:
+        return self.cpc(latents, None, t_star, masks)
+
+    def _run_decoders(self, codes: Mapping[str, torch.Tensor], projections: Mapping[str, torch.Tensor],
+                      targets: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
+                      ) -> dict[str, torch.Tensor]:
+        """{"rec/<m>": reconstruction loss} of every modality's decoder."""
+        reduction = self.quantizer.config.loss_reduction  # one switch for every squared error (docs/method.md §9.3)
+        return {f"rec/{m}": reconstruction_loss(self.decoders[m](codes[m], projections[m]), targets[m], reduction,
+                                                masks.get(m))
+                for m in self.modalities}
+
+    def _quantize(self, latents: Mapping[str, torch.Tensor]) -> QuantizerOutput:
+        """The quantizer outside autocast, in its codebook's precision (as vector-quantize-pytorch runs
+        it): distances, DQA's scores, DTA and the losses never in bf16 (docs/design.md §9.2)."""
+        dtype = self.quantizer.codebook.dtype
+        with torch.autocast(latents[self.modalities[0]].device.type, enabled=False):
+            return self.quantizer({m: z.to(dtype) for m, z in latents.items()})
+
+    @property
+    def compiled(self) -> bool:
+        """Whether `codaar.model.compiled.compile_regions` compiled the encoders, CPC and decoders."""
+        return "_run_encoders" in self.__dict__
+
     def forward(
         self, batch: Mapping[str, torch.Tensor], *, cpc_generator: torch.Generator | None = None,
         cpc_t_star: torch.Tensor | None = None,
@@ -151,29 +187,28 @@ class CoDAARModel(nn.Module):
         missing = [m for m in self.modalities if m not in batch]
         if missing:
             raise KeyError(f"CoDAARModel: batch lacks {missing}; expected keys {list(self.modalities)}")
-        reduction = self.quantizer.config.loss_reduction  # one switch for every squared error (docs/method.md §9.3)
         masks = self._masks(batch.get("text_mask"), batch)
 
         with nvtx_range("encoders"):
-            targets = {m: self._features(m, batch[m], masks.get(m)) for m in self.modalities}
-            latents, projections = {}, {}
-            for m in self.modalities:
-                latents[m], projections[m] = self._encode(m, targets[m], masks.get(m))
+            targets, latents, projections = self._run_encoders({m: batch[m] for m in self.modalities}, masks)
 
         with nvtx_range("quantizer"):
-            quantized = self.quantizer(latents)
+            quantized = self._quantize(latents)
 
         losses: dict[str, torch.Tensor] = {}
         metrics = dict(quantized.metrics)
         if self.cpc is not None:
+            t_star = cpc_t_star
+            if t_star is None:
+                t_star = self.cpc.draw_t_star(latents[self.modalities[0]].shape[1], cpc_generator)
+                if self.compiled:  # a device t*: one graph serves every t* (CrossModalCPC.forward)
+                    t_star = self._cpc_t_star.fill_(t_star)
             with nvtx_range("cpc"):
-                cpc = self.cpc(latents, cpc_generator, cpc_t_star, masks)  # not the codes (docs/method.md §5)
+                cpc = self._run_cpc(latents, t_star, masks)  # not the codes (docs/method.md §5)
             metrics.update(cpc.accuracies)
 
         with nvtx_range("decoders"):
-            for m in self.modalities:
-                prediction = self.decoders[m](quantized.tri_code[m], projections[m])
-                losses[f"rec/{m}"] = reconstruction_loss(prediction, targets[m], reduction, masks.get(m))
+            losses.update(self._run_decoders(quantized.tri_code, projections, targets, masks))
 
         losses.update(quantized.losses)
         if self.cpc is not None:

@@ -99,12 +99,16 @@ class SpatialVideoDecoder(nn.Module):
         self.residual = ResidualBlock(hidden)
         self.expand_out = nn.ConvTranspose2d(hidden, out_channels, kernel_size=3)
         self.out = nn.ConvTranspose2d(out_channels, out_channels, kernel_size=1)
+        self.channels_last = False  # set by codaar.model.compiled.video_channels_last (weights too)
 
     def forward(self, code: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
         batch, steps, height, width, _ = projection.shape
         spatial = projection.flatten(0, 1).permute(0, 3, 1, 2)  # [BT, P, h, w]
         code = self.code(code).flatten(0, 1)[:, :, None, None].expand(-1, -1, height, width)
-        x = self.expand(torch.cat([code, spatial], dim=1))
+        x = torch.cat([code, spatial], dim=1)  # NCHW: the broadcast code makes cat choose that layout
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.expand(x)
         x = self.expand_out(self.residual(x))
         x = self.out(torch.relu(x))
         return x.permute(0, 2, 3, 1).reshape(batch, steps, *x.shape[2:], x.shape[1])

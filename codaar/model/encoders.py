@@ -64,10 +64,13 @@ class SpatialVideoProjection(nn.Module):
             nn.BatchNorm2d(out),
             nn.ReLU(),
         )
+        self.channels_last = False  # set by codaar.model.compiled.video_channels_last (weights too)
 
     def forward(self, gated: torch.Tensor) -> torch.Tensor:
         batch, steps = gated.shape[:2]
         frames = gated.flatten(0, 1).permute(0, 3, 1, 2)  # [BT, C, H, W]: one frame at a time
+        if self.channels_last:  # (a view of a contiguous map is channels_last already: then no copy)
+            frames = frames.contiguous(memory_format=torch.channels_last)
         out = self.net(frames)
         return out.permute(0, 2, 3, 1).reshape(batch, steps, *out.shape[2:], out.shape[1])
 
@@ -135,9 +138,33 @@ class TextTokenLSTM(nn.Module):
         lstm = self.lstm
         weights = [getattr(lstm, f"{name}_l{layer}{direction}") for direction in directions
                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        if torch.compiler.is_compiling():
+            # (one direction alone runs forward in time, as torch.lstm runs it: the caller reversed x)
+            return torch.cat([unrolled_lstm(x, *weights[4 * i : 4 * i + 4], reverse=i == 1)
+                              for i in range(len(directions))], dim=-1)
         zeros = x.new_zeros(len(directions), x.shape[0], lstm.hidden_size)
         # (no dropout argument: this BiLSTM has none between its layers)
         return torch.lstm(x, (zeros, zeros), weights, True, 1, 0.0, self.training, len(directions) == 2, True)[0]
+
+
+def unrolled_lstm(x: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Tensor, bias_ih: torch.Tensor,
+                  bias_hh: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """One direction of one LSTM layer over x [B, L, F] from a zero state, step by step: [B, L, H].
+
+    What torch.compile traces `torch.lstm` to anyway, written out because on the CPU its tracing
+    picks oneDNN's inference-only LSTM kernel for an input that needs no gradient (the text tokens)
+    although the weights do, and the compiled step then fails (torch 2.13). Gates in torch's order
+    (input, forget, cell, output); the same values as `torch.lstm` to rounding."""
+    steps = x.shape[1]
+    inputs = nn.functional.linear(x, weight_ih, bias_ih)  # [B, L, 4H]: every step's input term at once
+    h = c = x.new_zeros(x.shape[0], weight_hh.shape[1])
+    outputs = [h] * steps
+    for t in (reversed(range(steps)) if reverse else range(steps)):
+        gate_in, gate_forget, cell, gate_out = (inputs[:, t] + nn.functional.linear(h, weight_hh, bias_hh)).chunk(4, 1)
+        c = torch.sigmoid(gate_forget) * c + torch.sigmoid(gate_in) * torch.tanh(cell)
+        h = torch.sigmoid(gate_out) * torch.tanh(c)
+        outputs[t] = h
+    return torch.stack(outputs, dim=1)
 
 
 class TemporalModule(nn.Module):

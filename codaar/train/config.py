@@ -79,6 +79,9 @@ class TrainConfig:
                                   "ends in an error that torchrun --max-restarts restarts", above=0, resume=FREE)
     float64: bool = setting(False, "train in float64, the authors' precision")
     bf16: bool = setting(False, "bf16 autocast for the encoders/decoders (CUDA only)")
+    compile: bool = setting(False, "torch.compile the encoders, CPC and decoders (the quantizer stays eager); the "
+                            "first step compiles them (a minute or more), later steps reuse the graphs",
+                            resume=CHANGES)
     cuda_graph: bool = setting(False, "capture the training step in a CUDA graph after 3 warm-up steps and replay "
                                "it (one process on CUDA; see codaar/train/graph_step.py)", resume=CHANGES)
     # run folder, logging, checkpoints
@@ -115,6 +118,9 @@ class TrainConfig:
             raise SettingsError("bf16", "false when float64 is set (they exclude each other)", self.bf16)
         if not self.split:
             raise SettingsError("split", "a split name", self.split)
+        if self.compile and self.cuda_graph:
+            raise SettingsError("compile", "false with --cuda-graph (use one of them: the pair is not supported)",
+                                self.compile)
         if self.on_nonfinite == "skip" and self.cuda_graph:
             raise SettingsError("on_nonfinite", "stop with --cuda-graph (skipping decides on the host)", "skip")
 

@@ -37,6 +37,7 @@ from codaar.data.batches import BatchGather, Prefetcher, default_workers, to_dev
 from codaar.data.fingerprint import data_fingerprint
 from codaar.data.fingerprint import refusal as fingerprint_refusal
 from codaar.model import CoDAARModel, ModelConfig
+from codaar.model.compiled import CompileError, accelerate
 from codaar.run_folder import checkpoint as ckpt
 from codaar.run_folder.checkpoint_writer import CheckpointWriter
 from codaar.run_folder.metrics_log import METRICS_FILE, read_metrics
@@ -164,6 +165,10 @@ class Trainer:
         self.model_config = resolve_model_config(cfg, self.data)
         torch.manual_seed(cfg.seed)  # the same initial weights and codebooks on every rank
         self.model = CoDAARModel(self.model_config).to(self.device, self.dtype)
+        try:
+            accelerate(self.model, compile=cfg.compile, channels_last=cfg.bf16 and self.device.type == "cuda")
+        except CompileError as exc:
+            raise TrainingError(str(exc)) from None
         self.ddp = (DistributedDataParallel(self.model, broadcast_buffers=False)  # codebooks sync by all-reduce
                     if group.world_size > 1 else None)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
