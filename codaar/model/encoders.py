@@ -121,8 +121,11 @@ class TextTokenLSTM(nn.Module):
         return 2 * self.lstm.hidden_size
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is None:
-            return self.lstm(tokens)[0]  # zero initial state
+        if mask is None:  # layer by layer as below, so that an all-True mask changes no rounding
+            h = tokens
+            for layer in range(self.lstm.num_layers):
+                h = self._layer(h, layer, ("", "_reverse"))
+            return h
         lengths, full = mask.sum(dim=1), mask.all(dim=1)[:, None, None]
         hidden = self.lstm.hidden_size
         h = tokens
@@ -144,7 +147,10 @@ class TextTokenLSTM(nn.Module):
                               for i in range(len(directions))], dim=-1)
         zeros = x.new_zeros(len(directions), x.shape[0], lstm.hidden_size)
         # (no dropout argument: this BiLSTM has none between its layers)
-        return torch.lstm(x, (zeros, zeros), weights, True, 1, 0.0, self.training, len(directions) == 2, True)[0]
+        out = torch.lstm(x, (zeros, zeros), weights, True, 1, 0.0, self.training, len(directions) == 2, True)[0]
+        # batch-first output is a transposed view; the masked path's torch.cat/where make it
+        # contiguous, and the next layer's matmul rounds differently on the two layouts (float64)
+        return out.contiguous()
 
 
 def unrolled_lstm(x: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Tensor, bias_ih: torch.Tensor,

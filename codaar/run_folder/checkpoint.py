@@ -27,6 +27,7 @@ continues exactly. The trainer writes in the background (`codaar.run_folder.chec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -192,8 +193,9 @@ def write_checkpoint(run_dir: Path, step: int, layout: list, buffers: list[torch
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
         os.chmod(staging, 0o755)
-        digest = write_tensor_file(staging / TENSORS, layout, buffers, sealed)
-        with open(staging / META, "w") as f:
+        with _naming(f"{name}/{TENSORS}"):
+            digest = write_tensor_file(staging / TENSORS, layout, buffers, sealed)
+        with _naming(f"{name}/{META}"), open(staging / META, "w") as f:
             json.dump({**sealed, "tensors_sha256": digest}, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
@@ -210,6 +212,17 @@ def write_checkpoint(run_dir: Path, step: int, layout: list, buffers: list[torch
     _fsync(root)
     _prune(root, name, keep)
     return final
+
+
+@contextlib.contextmanager
+def _naming(file: str):
+    """A failed write() names no file (a full disk, say): give its OSError the file being written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, file) from None
+        raise
 
 
 def _prune(root: Path, written: str, keep: int) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from codaar.run_folder import checkpoint as ckpt
+from codaar.runtime.outputs import os_error_line
 
 
 class CheckpointWriter:
@@ -112,8 +113,9 @@ class CheckpointWriter:
                 event.synchronize()
             self.written.append(ckpt.write_checkpoint(self.run_dir, step, layout, buffers, meta, self.keep))
         except BaseException as exc:  # reported to the training thread at its next step
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
-            where = getattr(exc, "filename", None) or self.run_dir / "checkpoints"
-            self._failure = ckpt.CheckpointError(f"{where}: the checkpoint of step {step} could not be written "
-                                                 f"({reason}); the run stopped, its last complete checkpoint is "
-                                                 f"the one `latest` names")
+            # an OSError as the path and the cause in words (step-0000002/tensors.safetensors: no space
+            # left on the device (ENOSPC)); anything else by its type and message
+            reason = os_error_line(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+            self._failure = ckpt.CheckpointError(f"{self.run_dir / 'checkpoints'}: the checkpoint of step {step} "
+                                                 f"could not be written ({reason}); the run stopped, its last "
+                                                 f"complete checkpoint is the one `latest` names")

@@ -490,6 +490,7 @@ class Trainer:
         return [r for r in read_metrics(self.metrics_path) if r["step"] > self.step - self.batches.steps_per_epoch]
 
     def _divergence_message(self, point: LogPoint) -> str:
+        self.checkpoints.wait()  # the checkpoint of an earlier step may still be being written
         try:
             last = ckpt.newest_verified(self.run_dir)[0]
             where = f"the last good checkpoint, {last}, is kept: continue from it with --resume (a lower --lr?)"
